@@ -1,0 +1,66 @@
+"""Optimisers that never move reserved parameters.
+
+Zeroing a gradient is not enough to freeze a weight: weight decay and momentum still move it.
+:class:`ReservedGuard` makes any ``torch.optim`` optimiser leave the reserved entries of masked
+layers, and their optimiser state, bit-identical: it snapshots them before each ``step`` and
+puts them back after. It is the reference; a fused optimiser that skips them in the same pass
+replaces it on the fast path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import MaskedLayer
+
+
+def reserved_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Every masked layer's parameters in ``model`` -> bool mask of their reserved entries."""
+    out = {}
+    for layer in model.modules():
+        if isinstance(layer, MaskedLayer) and layer.task > 0:
+            for name, mask in layer.reserved_masks().items():
+                if mask.any():
+                    out[getattr(layer, name)] = mask
+    return out
+
+
+class ReservedGuard:
+    """Keep ``optimizer`` off the reserved entries of ``model``'s masked layers.
+
+    Call :meth:`refresh` after the model consolidates, grows or is loaded (the guard reads the
+    masks once, not per step). Removing the guard: :meth:`remove`.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module):
+        self.optimizer, self.model = optimizer, model
+        self.refresh()
+        self._saved = None
+        self._handles = [optimizer.register_step_pre_hook(self._save),
+                         optimizer.register_step_post_hook(self._restore)]
+
+    def refresh(self) -> None:
+        self._masks = reserved_masks(self.model)
+
+    def _tensors(self, p):
+        state = self.optimizer.state.get(p, {})
+        return [p] + [v for v in state.values() if torch.is_tensor(v) and v.shape == p.shape]
+
+    @torch.no_grad()
+    def _save(self, *_):
+        self._saved = {p: [t[m].clone() for t in self._tensors(p)] for p, m in self._masks.items()}
+
+    @torch.no_grad()
+    def _restore(self, *_):
+        for p, m in self._masks.items():
+            tensors = self._tensors(p)
+            saved = self._saved[p]
+            # State created by this very step (first step) held nothing before: reserved stays zero.
+            for i, t in enumerate(tensors):
+                t[m] = saved[i] if i < len(saved) else 0
+        self._saved = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()

@@ -1,0 +1,1 @@
+"""Triton kernels of dgm (installed as ``dgm.kernels``)."""
