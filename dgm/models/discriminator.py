@@ -1,0 +1,66 @@
+"""The AC-GAN discriminator: a WGAN-GP critic head and an auxiliary classifier head.
+
+The auxiliary head covers every class seen so far and is the classifier DGM is evaluated on. The
+discriminator is not masked; it is rebuilt for every task (as in the paper's official code) and
+learns from real data of the task plus the generator's replay of earlier classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Discriminator(nn.Module):
+    """``features`` -> (critic score ``[B]``, class logits ``[B, num_classes]``)."""
+
+    def __init__(self, features: nn.Module, feature_units: int, num_classes: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.features = features
+        self.critic = nn.Linear(feature_units, 1)
+        self.classifier = nn.Linear(feature_units, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x).flatten(1)
+        return self.critic(h).squeeze(1), self.classifier(h)
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def dcgan_discriminator(num_classes: int, channels: int = 1, ndf: int = 32) -> Discriminator:
+    """Three 5x5 stride-2 convolutions, 32x32 -> 4x4 (the paper's official architecture)."""
+    features = nn.Sequential(
+        nn.Conv2d(channels, ndf, 5, 2, 2, bias=False), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf, 2 * ndf, 5, 2, 2, bias=False), nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.2),
+        nn.Conv2d(2 * ndf, 4 * ndf, 5, 2, 2, bias=False), nn.BatchNorm2d(4 * ndf), nn.LeakyReLU(0.2),
+    )
+    features.apply(_dcgan_init)
+    return Discriminator(features, 4 * ndf * 4 * 4, num_classes)
+
+
+def mlp_discriminator(num_classes: int, channels: int = 1, hidden: int = 256, image_size: int = 32) -> Discriminator:
+    """Two hidden layers over the flattened image: the small, fast configuration."""
+    features = nn.Sequential(
+        nn.Flatten(), nn.Linear(channels * image_size ** 2, hidden), nn.LeakyReLU(0.2),
+        nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+    )
+    return Discriminator(features, hidden, num_classes)
+
+
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator=None) -> torch.Tensor:
+    """WGAN-GP: ``E[(||grad_x critic(x)|| - 1)^2]`` on random interpolates of real and fake."""
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator, device=real.device)
+    x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    score = critic(x)
+    (grad,) = torch.autograd.grad(score.sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+

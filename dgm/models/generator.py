@@ -1,0 +1,263 @@
+"""The DGM generator: shared masked layers that grow, with per-task norms and per-class heads.
+
+``G(z, labels, task)`` runs the shared masked body under ``task``'s mask (soft while the task is
+learned, binary once consolidated), each hidden layer followed by the batch norm of that task
+(statistics differ per task, as in the paper's official code) and ReLU, then the output head of
+each row's class and ``tanh``. The label also enters as a one-hot code in the first entries of
+``z`` (AC-GAN conditioning). :meth:`MaskedGenerator.generate` runs rows of many consolidated tasks
+in one pass per layer (replay).
+
+Two bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's) and
+:class:`MLPGenerator` (masked linear layers: a small, fast configuration).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..expansion import weight_growth
+from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear
+
+
+def dcgan_init_(w: torch.Tensor) -> None:
+    """DCGAN initialisation, ``N(0, 0.02)``."""
+    nn.init.normal_(w, 0.0, 0.02)
+
+
+class MaskedGenerator(nn.Module):
+    """Shared logic of the generators; subclasses build ``self.body`` and :meth:`_make_head`."""
+
+    body: nn.ModuleList
+
+    def __init__(self, nz: int, num_classes: int, channels: int, image_size: int, mask: str):
+        super().__init__()
+        if nz < num_classes:
+            raise ValueError(f"nz={nz} must be >= num_classes={num_classes}: z carries the one-hot label")
+        self.nz, self.num_classes, self.channels, self.image_size = nz, num_classes, channels, image_size
+        self.mask = mask
+        self.norms = nn.ModuleList()   # norms[task][layer]
+        self.heads = nn.ModuleDict()   # heads[str(class)]
+        self.initial_units = 0
+
+    # -- structure ----------------------------------------------------------------------------
+    def _norm(self, units: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _make_head(self, in_units: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _head_in_units(self, head: nn.Module) -> int:
+        raise NotImplementedError
+
+    def _to_body_input(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def _to_image(self, y: torch.Tensor) -> torch.Tensor:
+        return y.view(y.shape[0], self.channels, self.image_size, self.image_size)
+
+    @property
+    def task(self) -> int:
+        """The task the generator is learning (= number of consolidated tasks)."""
+        return self.body[0].task
+
+    def prepare_task(self, classes: list[int]) -> None:
+        """Add the norms of the task about to be learned and the heads of its classes."""
+        if len(self.norms) != self.task:
+            raise RuntimeError(f"prepare_task: task {self.task} is already prepared")
+        for c in classes:
+            if not 0 <= c < self.num_classes or str(c) in self.heads:
+                raise ValueError(f"class {c} is outside 0..{self.num_classes - 1} or already has a head")
+        device = self.body[0].weight.device
+        self.norms.append(nn.ModuleList(self._norm(layer.out_units) for layer in self.body).to(device))
+        for c in classes:
+            self.heads[str(c)] = self._make_head(self.body[-1].out_units).to(device)
+
+    def set_sharpness(self, s: float) -> None:
+        for layer in self.body:
+            layer.s = s
+
+    def masked_layers(self) -> list[MaskedLayer]:
+        return list(self.body)
+
+    def task_parameters(self, classes: list[int]) -> list[nn.Parameter]:
+        """What learning the current task trains: the shared layers, its norms, its classes' heads."""
+        params = list(self.body.parameters()) + list(self.norms[self.task].parameters())
+        for c in classes:
+            params += list(self.heads[str(c)].parameters())
+        return params
+
+    def units(self) -> int:
+        """Total output units of the shared layers (the official code's network size)."""
+        return sum(layer.out_units for layer in self.body)
+
+    # -- forward ------------------------------------------------------------------------------
+    def noise(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latent codes for ``labels``: Gaussian, with the one-hot label in the first entries."""
+        z = torch.randn(labels.shape[0], self.nz, generator=generator, device=labels.device)
+        z[:, : self.num_classes] = F.one_hot(labels, self.num_classes).to(z.dtype)
+        return z.to(self.body[0].weight.dtype)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, task: int | None = None) -> torch.Tensor:
+        """Images for ``labels`` under ``task`` (default: the task being learned)."""
+        task = self.task if task is None else task
+        self._check(z, labels, task)
+        x = self._to_body_input(z)
+        for layer, norm in zip(self.body, self.norms[task]):
+            x = F.relu(norm(layer(x, task)))
+        return self._heads(x, labels)
+
+    @torch.no_grad()
+    def generate(self, labels: torch.Tensor, row_task: torch.Tensor, z: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replay: each row under its own consolidated task, one layer call for all rows.
+
+        Runs in eval mode: each task's norm is its running statistics, applied per row as an
+        affine map; rows of earlier (narrower) tasks are zero outside their units.
+        """
+        z = self.noise(labels, generator) if z is None else z
+        x = self._to_body_input(z)
+        for level, layer in enumerate(self.body):
+            scale, shift = self._row_affine(level, layer.out_units)
+            x = layer(x, row_task)
+            shape = (x.shape[0], -1) + (1,) * (x.dim() - 2)
+            x = F.relu(x * scale[row_task].view(shape) + shift[row_task].view(shape))
+        return self._heads(x, labels)
+
+    def _row_affine(self, level: int, width: int):
+        scales, shifts = [], []
+        for task in range(self.task):
+            norm = self.norms[task][level]
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            scales.append(F.pad(scale, (0, width - scale.shape[0])))
+            shifts.append(F.pad(shift, (0, width - shift.shape[0])))
+        return torch.stack(scales), torch.stack(shifts)
+
+    def _heads(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = None
+        for c in torch.unique(labels).tolist():
+            rows = (labels == c).nonzero(as_tuple=True)[0]
+            head = self.heads[str(c)]
+            y = torch.tanh(head(x.index_select(0, rows)[:, : self._head_in_units(head)]))
+            if out is None:
+                out = y.new_empty((x.shape[0],) + y.shape[1:])
+            out = out.index_copy(0, rows, y)
+        return self._to_image(out)
+
+    def _check(self, z, labels, task):
+        if z.dim() != 2 or z.shape[1] != self.nz:
+            raise ValueError(f"z must have shape (batch, {self.nz}), got {tuple(z.shape)}")
+        if labels.shape != (z.shape[0],):
+            raise ValueError(f"labels must have shape ({z.shape[0]},), got {tuple(labels.shape)}")
+        if not 0 <= task < len(self.norms):
+            raise ValueError(f"task {task} was never trained: tasks 0..{len(self.norms) - 1} exist")
+        missing = [c for c in torch.unique(labels).tolist() if str(c) not in self.heads]
+        if missing:
+            raise ValueError(f"classes {missing} have no head: they belong to no task trained so far")
+
+    # -- end of a task ------------------------------------------------------------------------
+    @torch.no_grad()
+    def consolidate_and_expand(self, optimizer: torch.optim.Optimizer | None = None) -> list[int]:
+        """Binarise and reserve the current task's masks, then grow every layer by the capacity the
+        task newly reserved (:mod:`dgm.expansion`). Returns the units added per layer."""
+        before = [layer.reserved_count() for layer in self.body]
+        for layer in self.body:
+            layer.consolidate()
+        new = [layer.reserved_count() - b for layer, b in zip(self.body, before)]
+        if self.mask == "weight":
+            growth = weight_growth(new, [layer.in_units for layer in self.body],
+                                   [layer.out_units for layer in self.body],
+                                   [_kernel_area(layer) for layer in self.body])
+        else:
+            growth = new
+        prev = 0
+        for layer, d in zip(self.body, growth):
+            layer.expand(out_extra=d, in_extra=prev, optimizer=optimizer)
+            prev = d
+        if self.mask == "activation":
+            for prev_layer, layer in zip(self.body[:-1], self.body[1:]):
+                layer.set_input_reserved(prev_layer.reserved_units)
+        return growth
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A generator that learned tasks has more norms and heads than a new one: build them first.
+        tasks = {int(k[len(prefix) + 6:].split(".")[0]) for k in state_dict if k.startswith(prefix + "norms.")}
+        for task in range(len(self.norms), max(tasks, default=-1) + 1):
+            widths = [state_dict[f"{prefix}norms.{task}.{level}.weight"].shape[0] for level in range(len(self.body))]
+            self.norms.append(nn.ModuleList(self._norm(w) for w in widths).to(self.body[0].weight.device))
+        for key, value in state_dict.items():
+            if key.startswith(prefix + "heads.") and key.endswith(".weight"):
+                c = key[len(prefix) + 6:].split(".")[0]
+                if c not in self.heads:
+                    self.heads[c] = self._make_head(self._head_units_from(value)).to(self.body[0].weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _head_units_from(self, weight: torch.Tensor) -> int:
+        raise NotImplementedError
+
+
+def _kernel_area(layer: MaskedLayer) -> int:
+    k = getattr(layer, "kernel_size", (1, 1))
+    return k[0] * k[1]
+
+
+class DCGANGenerator(MaskedGenerator):
+    """The paper's generator for 32x32 images: masked conv-transpose 1x1 -> 4x4 -> 8x8 -> 16x16,
+    then a per-class conv-transpose to 32x32. Widths ``4*ngf, 2*ngf, ngf`` at the start."""
+
+    def __init__(self, nz: int, num_classes: int, channels: int = 1, ngf: int = 6, mask: str = "weight",
+                 s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
+        if image_size != 32:
+            raise ValueError(f"DCGANGenerator makes 32x32 images, got image_size={image_size}")
+        super().__init__(nz, num_classes, channels, image_size, mask)
+        common = {"bias": False, "mask": mask, "s_max": s_max, "backend": backend, "weight_init": dcgan_init_}
+        self.body = nn.ModuleList([
+            MaskedConvTranspose2d(nz, 4 * ngf, 4, 1, 0, **common),
+            MaskedConvTranspose2d(4 * ngf, 2 * ngf, 4, 2, 1, **common),
+            MaskedConvTranspose2d(2 * ngf, ngf, 4, 2, 1, **common),
+        ])
+        self.initial_units = self.units()
+
+    def _to_body_input(self, z):
+        return z.view(z.shape[0], self.nz, 1, 1)
+
+    def _norm(self, units):
+        norm = nn.BatchNorm2d(units)
+        nn.init.normal_(norm.weight, 1.0, 0.02)
+        return norm
+
+    def _make_head(self, in_units):
+        head = nn.ConvTranspose2d(in_units, self.channels, 4, 2, 1, bias=False)
+        dcgan_init_(head.weight)
+        return head
+
+    def _head_in_units(self, head):
+        return head.in_channels
+
+    def _head_units_from(self, weight):
+        return weight.shape[0]
+
+
+class MLPGenerator(MaskedGenerator):
+    """Small, fast generator: two masked linear layers, then a per-class linear head."""
+
+    def __init__(self, nz: int, num_classes: int, channels: int = 1, hidden: int = 256, mask: str = "weight",
+                 s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
+        super().__init__(nz, num_classes, channels, image_size, mask)
+        common = {"mask": mask, "s_max": s_max, "backend": backend}
+        self.body = nn.ModuleList([MaskedLinear(nz, hidden, **common), MaskedLinear(hidden, hidden, **common)])
+        self.initial_units = self.units()
+
+    def _norm(self, units):
+        return nn.BatchNorm1d(units)
+
+    def _make_head(self, in_units):
+        return nn.Linear(in_units, self.channels * self.image_size ** 2)
+
+    def _head_in_units(self, head):
+        return head.in_features
+
+    def _head_units_from(self, weight):
+        return weight.shape[1]
