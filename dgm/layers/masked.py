@@ -59,6 +59,9 @@ class MaskedLayer(nn.Module):
         self.s_max = float(s_max)
         self.s = 1.0 / self.s_max
         self.weight_init = weight_init
+        # DGMa inside a block "layer -> norm -> activation": the owner applies unit_mask() after
+        # the activation, so units outside the mask output exactly zero (HAT's assumption).
+        self.defer_unit_mask = False
         self.task = 0
         self.in_units, self.out_units = in_units, out_units
         factory = {"device": device, "dtype": dtype}
@@ -183,8 +186,7 @@ class MaskedLayer(nn.Module):
         if self.reserved_units is not None:
             frozen = (self.reserved_units, self.reserved_in_units)
             bias = None if bias is None else _frozen(bias, self.reserved_units)
-        scale = torch.sigmoid(self.s * self.unit_logits[:out_units])
-        return self._call_op(x, weight, bias, unit_scale=scale, frozen_units=frozen)
+        return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(None), frozen_units=frozen)
 
     def _forward_consolidated(self, x, task: int):
         out_units, in_units = self.sizes(task)
@@ -196,8 +198,7 @@ class MaskedLayer(nn.Module):
             if bias is not None:
                 bias = bias * _bits.unpack(self._task_bias_bits(task), (out_units,)).to(bias.dtype)
             return self._call_op(x, weight, bias, bits=self.task_bits(task))
-        scale = _bits.unpack(self.task_bits(task), (out_units,)).to(x.dtype)
-        return self._call_op(x, weight, bias, unit_scale=scale)
+        return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(task))
 
     def _forward_rows(self, x, row_task: torch.Tensor):
         if row_task.dim() != 1 or row_task.shape[0] != x.shape[0] or row_task.dtype != torch.long:
@@ -207,7 +208,7 @@ class MaskedLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: per-row task ids must name consolidated tasks "
                              f"0..{self.task - 1}")
         self._check_width(x, self.in_units)
-        weight_bits, unit_masks, bias_masks = self._row_masks()
+        weight_bits, _, bias_masks = self._row_masks()
         weight = self.active_weight().detach()
         bias = None if self.bias is None else self.bias[: self.out_units].detach()
         if self.mask == "weight":
@@ -216,7 +217,24 @@ class MaskedLayer(nn.Module):
                 return y
             row_bias = (bias * bias_masks)[row_task]
             return y + row_bias.reshape(row_bias.shape + (1,) * (y.dim() - 2))
-        return self._call_op(x, weight, bias, unit_scale=unit_masks[row_task])
+        return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(row_task))
+
+    def unit_mask(self, task: int | torch.Tensor | None = None) -> torch.Tensor:
+        """DGMa mask over output units for ``task``: soft ``sigmoid(s * e)`` ``[out]`` for the task
+        being learned, binary ``[out_k]`` for a consolidated task, ``[batch, out]`` for per-row ids."""
+        if self.mask != "activation":
+            raise ValueError("unit_mask applies to mask='activation' layers only")
+        if isinstance(task, torch.Tensor):
+            return self._row_masks()[1][task]
+        if task is None or task == self.task:
+            return torch.sigmoid(self.s * self.unit_logits[: self.out_units])
+        self._check_task(task)
+        return _bits.unpack(self.task_bits(task), (self.sizes(task)[0],)).to(self.weight.dtype)
+
+    def _own_unit_mask(self, task):
+        """The unit mask this layer applies itself: none when its owner applies it later (after a
+        norm, which would otherwise undo it: ``defer_unit_mask``)."""
+        return None if self.defer_unit_mask else self.unit_mask(task)
 
     def _row_masks(self):
         """Every consolidated task's masks at the current width (zero outside a task's units)."""

@@ -41,6 +41,10 @@ class MaskedGenerator(nn.Module):
         self.heads = nn.ModuleDict()   # heads[str(class)]
         self.initial_units = 0
 
+    def _defer_unit_masks(self) -> None:
+        for layer in self.body:
+            layer.defer_unit_mask = True
+
     # -- structure ----------------------------------------------------------------------------
     def _norm(self, units: int) -> nn.Module:
         raise NotImplementedError
@@ -105,8 +109,16 @@ class MaskedGenerator(nn.Module):
         self._check(z, labels, task)
         x = self._to_body_input(z)
         for layer, norm in zip(self.body, self.norms[task]):
-            x = F.relu(norm(layer(x, task)))
+            x = self._unit_mask(layer, F.relu(norm(layer(x, task))), task)
         return self._heads(x, labels)
+
+    def _unit_mask(self, layer: MaskedLayer, x: torch.Tensor, task) -> torch.Tensor:
+        """DGMa: the task's unit mask after norm and ReLU, so masked units are exactly zero and the
+        weights they feed cannot change the task's output (see ``defer_unit_mask``)."""
+        if self.mask != "activation":
+            return x
+        a = layer.unit_mask(task)
+        return x * a.view(a.shape[0] if a.dim() == 2 else 1, -1, *([1] * (x.dim() - 2)))
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, row_task: torch.Tensor, z: torch.Tensor | None = None,
@@ -122,7 +134,7 @@ class MaskedGenerator(nn.Module):
             scale, shift = self._row_affine(level, layer.out_units)
             x = layer(x, row_task)
             shape = (x.shape[0], -1) + (1,) * (x.dim() - 2)
-            x = F.relu(x * scale[row_task].view(shape) + shift[row_task].view(shape))
+            x = self._unit_mask(layer, F.relu(x * scale[row_task].view(shape) + shift[row_task].view(shape)), row_task)
         return self._heads(x, labels)
 
     def _row_affine(self, level: int, width: int):
@@ -218,6 +230,7 @@ class DCGANGenerator(MaskedGenerator):
             MaskedConvTranspose2d(4 * ngf, 2 * ngf, 4, 2, 1, **common),
             MaskedConvTranspose2d(2 * ngf, ngf, 4, 2, 1, **common),
         ])
+        self._defer_unit_masks()
         self.initial_units = self.units()
 
     def _to_body_input(self, z):
@@ -248,6 +261,7 @@ class MLPGenerator(MaskedGenerator):
         super().__init__(nz, num_classes, channels, image_size, mask)
         common = {"mask": mask, "s_max": s_max, "backend": backend}
         self.body = nn.ModuleList([MaskedLinear(nz, hidden, **common), MaskedLinear(hidden, hidden, **common)])
+        self._defer_unit_masks()
         self.initial_units = self.units()
 
     def _norm(self, units):
