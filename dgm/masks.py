@@ -11,21 +11,18 @@ import torch
 
 
 def sharpness(epoch: int, epochs: int, batch: int, batches: int, s_max: float) -> float:
-    """Sharpness ``s`` at ``batch`` of ``epoch``.
+    """Sharpness ``s`` at ``batch`` of ``epoch``: ``s = 1/s_max + (s_max - 1/s_max) * b / (B - 1)``.
 
-    The schedule of the official code: the epoch's ceiling grows linearly from ``1/s_max`` to
-    ``s_max`` over the epochs, ``S_e = (s_max - 1/s_max) * e / E + 1/s_max``, and within the epoch
-    ``s`` grows linearly from ``1/S_e`` to ``S_e``: ``s = (S_e - 1/S_e) * b / B + 1/S_e``. (The
-    paper, Sec. 3.1, anneals ``s`` within each epoch as in HAT; the outer ramp is the official
-    code's.) At consolidation ``s = s_max`` is used, so a logit's sign decides its bit.
+    Within every epoch ``s`` grows linearly from ``1/s_max`` (an almost flat, trainable mask) to
+    ``s_max`` (an almost binary one), as in HAT (paper, Sec. 3.1). ``epoch``/``epochs`` only
+    validate the position. Consolidation binarises at the limit (``logits > 0``).
     """
     if s_max < 1:
         raise ValueError(f"s_max must be >= 1, got {s_max}")
     if not (0 <= epoch < epochs and 0 <= batch < batches):
         raise ValueError(f"need 0 <= epoch < epochs and 0 <= batch < batches, got "
                          f"epoch={epoch}, epochs={epochs}, batch={batch}, batches={batches}")
-    ceiling = (s_max - 1 / s_max) * epoch / epochs + 1 / s_max
-    return (ceiling - 1 / ceiling) * batch / batches + 1 / ceiling
+    return 1 / s_max + (s_max - 1 / s_max) * batch / max(batches - 1, 1)
 
 
 def compensate_logit_grad_(logits: torch.Tensor, s: float, s_max: float, clamp: float = 50.0) -> None:

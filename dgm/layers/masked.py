@@ -164,7 +164,7 @@ class MaskedLayer(nn.Module):
             raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {self.weight.dtype}")
 
     def _check_width(self, x: torch.Tensor, in_units: int) -> None:
-        dim = 1 if x.dim() > 2 or self._OP != "linear" else -1
+        dim = -1 if self._OP == "linear" else 1
         if x.dim() < 2 or x.shape[dim] != in_units:
             raise ValueError(f"{type(self).__name__}: expected input with {in_units} features in dim {dim}, "
                              f"got shape {tuple(x.shape)}")
@@ -216,7 +216,9 @@ class MaskedLayer(nn.Module):
             if bias is None:
                 return y
             row_bias = (bias * bias_masks)[row_task]
-            return y + row_bias.reshape(row_bias.shape + (1,) * (y.dim() - 2))
+            ones = (1,) * (y.dim() - 2)
+            shape = (y.shape[0],) + ones + (-1,) if self._OP == "linear" else (y.shape[0], -1) + ones
+            return y + row_bias.reshape(shape)
         return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(row_task))
 
     def unit_mask(self, task: int | torch.Tensor | None = None) -> torch.Tensor:

@@ -9,7 +9,8 @@ Each op computes ``y = op(x, W_eff) + bias`` and then scales the output units by
   ``frozen_bits`` for DGMw, or for DGMa (HAT) the entries ``(i, j)`` whose output unit ``i`` and
   input unit ``j`` are both reserved, ``1 - min(a_i, a_j)`` with binary ``a``; ``frozen_units`` is
   ``(reserved_out, reserved_in)`` and ``reserved_in=None`` counts every input as reserved.
-* ``unit_scale`` is the DGMa activation mask, shape ``[out]`` or per row ``[batch, out]``.
+* ``unit_scale`` is the DGMa activation mask, shape ``[out]`` or per row ``[batch, out]`` (units are
+  the last dimension of a linear output, dimension 1 of a conv output).
 
 Weights are passed as they are stored (``W`` of ``nn.Linear`` / ``nn.Conv2d`` / ``nn.ConvTranspose2d``
 layout), possibly as strided views of a larger storage (see :mod:`dgm.expansion`).
@@ -61,18 +62,24 @@ def effective_weight(weight, *, logits=None, s=1.0, bits=None, frozen_bits=None,
     return w
 
 
-def _scale_units(y: torch.Tensor, unit_scale):
+def _scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
+    """``y`` times the unit mask: units on ``unit_dim`` (last for linear, 1 for conv); a per-row
+    mask ``[batch, out]`` pairs with ``y``'s first dimension."""
     if unit_scale is None:
         return y
-    shape = [unit_scale.shape[0] if unit_scale.dim() == 2 else 1, -1] + [1] * (y.dim() - 2)
+    shape = [1] * y.dim()
+    shape[unit_dim] = -1
+    if unit_scale.dim() == 2:
+        shape[0] = unit_scale.shape[0]
     return y * unit_scale.reshape(shape)
 
 
-def _apply(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale, out_dim):
+def _apply(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale, out_dim,
+           unit_dim=1):
     if row_task is None:
         w = effective_weight(weight, logits=logits, s=s, bits=bits, frozen_bits=frozen_bits,
                              frozen_units=frozen_units, out_dim=out_dim)
-        return _scale_units(op(x, w, bias), unit_scale)
+        return _scale_units(op(x, w, bias), unit_scale, unit_dim)
     # Replay: rows grouped by task, each group with its own task's bits.
     y = None
     for task in torch.unique(row_task).tolist():
@@ -83,14 +90,15 @@ def _apply(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, froze
         if y is None:
             y = part.new_zeros((x.shape[0],) + part.shape[1:])
         y = y.index_copy(0, rows, part)
-    return _scale_units(y, unit_scale)
+    return _scale_units(y, unit_scale, unit_dim)
 
 
 def linear(x, weight, bias=None, *, logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None,
            frozen_units=None, unit_scale=None):
     """Masked ``F.linear``; see the module docstring for the mask arguments."""
     return _apply(F.linear, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
-                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=0)
+                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=0,
+                  unit_dim=-1)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, logits=None, s=1.0,
