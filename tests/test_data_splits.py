@@ -126,7 +126,7 @@ def test_class_without_images_is_an_error():
         split_tasks(train, test)
     assert len(split_tasks(train, test, tasks=9)) == 9
     train, test = make_data([5] * 10, [2] * 4 + [0] + [2] * 5)
-    with pytest.raises(ValueError, match="class 4 of toy has 5 training images after the validation holdout and 0 test"):
+    with pytest.raises(ValueError, match="class 4 of toy has 5 training images after the validation holdout and 0"):
         split_tasks(train, test)
 
 

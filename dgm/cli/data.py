@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--root", required=True, help="data root (the same as dgm-train --data-root)")
     info = sub.add_parser("info", help="load a data set and print its class counts")
     info.add_argument("--dataset", required=True, choices=DATASETS)
-    info.add_argument("--root", default=None, help="data root (unused for mnist5k)")
+    info.add_argument("--root", default=None, help="data root (default: ./data; unused for mnist5k)")
     info.add_argument("--download", action="store_true", help="let torchvision download missing files")
     info.add_argument("--image-size", type=int, default=32)
     return parser

