@@ -1,0 +1,179 @@
+"""The masked GEMM as a ``torch.library`` custom op with autograd, so ``torch.compile`` keeps it whole.
+
+``dgm::masked_gemm`` is ``y = (x @ W_eff^T + bias) * unit_scale`` on a 2-D weight matrix; with
+``transposed`` the matrix is ``[in, out * kk]`` (conv-transpose layout, ``kk`` columns per output
+unit) and ``y = x @ W_eff``. Its backward, ``dgm::masked_gemm_backward``, runs the input-gradient
+GEMM with the same in-register mask and one weight-gradient GEMM whose epilogue writes
+``grad_W`` (masked, frozen entries zeroed) and ``grad_logits``. The two small reductions,
+``grad_bias = sum(dY * u)`` and ``grad_unit_scale = sum(dY * pre)`` over the batch, are torch ops
+on the pre-scale output the forward saves only when ``unit_scale`` needs a gradient.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import masked_matmul as mm
+
+
+@torch.library.custom_op("dgm::masked_gemm", mutates_args=())
+def masked_gemm(x: Tensor, weight: Tensor, bias: Optional[Tensor], logits: Optional[Tensor], s: float,
+                bits: Optional[Tensor], perm: Optional[Tensor], sorted_task: Optional[Tensor],
+                task_offsets: Optional[Tensor], frozen_bits: Optional[Tensor], frozen_out: Optional[Tensor],
+                frozen_in: Optional[Tensor], unit_scale: Optional[Tensor], transposed: bool, kk: int,
+                save_pre: bool) -> tuple[Tensor, Tensor]:
+    """Forward; returns ``(y, pre)`` with ``pre`` empty unless ``save_pre``. The frozen and
+    offset arguments are only used by the backward (they ride along for ``setup_context``)."""
+    y, pre = mm.masked_mm(x, weight, w_rows_are_n=not transposed, logits=logits, s=s, bits=bits, perm=perm,
+                          sorted_task=sorted_task, bias=bias, scale=unit_scale,
+                          cols_per_unit=kk if transposed else 1, write_pre=save_pre)
+    return y, pre if pre is not None else x.new_empty(0)
+
+
+@masked_gemm.register_fake
+def _(x, weight, bias, logits, s, bits, perm, sorted_task, task_offsets, frozen_bits, frozen_out, frozen_in,
+      unit_scale, transposed, kk, save_pre):
+    y = x.new_empty((x.shape[0], weight.shape[1] if transposed else weight.shape[0]))
+    return y, (torch.empty_like(y) if save_pre else x.new_empty(0))
+
+
+@torch.library.custom_op("dgm::masked_gemm_backward", mutates_args=())
+def masked_gemm_backward(grad: Tensor, x: Tensor, weight: Tensor, logits: Optional[Tensor], s: float,
+                         bits: Optional[Tensor], perm: Optional[Tensor], sorted_task: Optional[Tensor],
+                         task_offsets: Optional[Tensor], frozen_bits: Optional[Tensor],
+                         frozen_out: Optional[Tensor], frozen_in: Optional[Tensor], transposed: bool, kk: int,
+                         need_x: bool, need_w: bool, need_logits: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(grad_x, grad_weight, grad_logits)`` from the gradient of the pre-scale output; the ones
+    not asked for are empty."""
+    gx = None
+    if need_x:
+        gx, _ = mm.masked_mm(grad, weight, w_rows_are_n=transposed, logits=logits, s=s, bits=bits, perm=perm,
+                             sorted_task=sorted_task)
+    gw, gl = None, None
+    if need_w or need_logits:
+        p, q = (x, grad) if transposed else (grad, x)
+        gw, gl = mm.masked_wgrad(p, q, weight, logits=logits, s=s, bits=bits, perm=perm, task_offsets=task_offsets,
+                                 frozen_bits=frozen_bits, frozen_out=frozen_out, frozen_in=frozen_in,
+                                 out_on_rows=not transposed, cols_per_unit=kk, write_w=need_w,
+                                 write_logits=need_logits)
+    return tuple(t if t is not None else grad.new_empty(0) for t in (gx, gw, gl))
+
+
+@masked_gemm_backward.register_fake
+def _(grad, x, weight, logits, s, bits, perm, sorted_task, task_offsets, frozen_bits, frozen_out, frozen_in,
+      transposed, kk, need_x, need_w, need_logits):
+    return (torch.empty_like(x) if need_x else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_w else grad.new_empty(0),
+            logits.new_empty(logits.shape) if need_logits else grad.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    (x, weight, bias, logits, s, bits, perm, sorted_task, task_offsets, frozen_bits, frozen_out, frozen_in,
+     unit_scale, transposed, kk, save_pre) = inputs
+    ctx.s, ctx.transposed, ctx.kk = s, transposed, kk
+    ctx.save_for_backward(x, weight, logits, bits, perm, sorted_task, task_offsets, frozen_bits, frozen_out,
+                          frozen_in, unit_scale, output[1] if save_pre else None)
+
+
+def _unit_broadcast(u: Tensor, kk: int, transposed: bool) -> Tensor:
+    """``unit_scale`` laid out over the output columns (``kk`` columns per unit when transposed)."""
+    if transposed and kk > 1:
+        u = u.repeat_interleave(kk, dim=-1)
+    return u
+
+
+def _backward(ctx, grad_y, _grad_pre):
+    x, weight, logits, bits, perm, sorted_task, task_offsets, frozen_bits, frozen_out, frozen_in, u, pre = \
+        ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad = grad_y
+    grad_bias = grad_u = None
+    if u is not None:
+        grad = grad_y * _unit_broadcast(u, ctx.kk, ctx.transposed)
+        if needs[12]:
+            gu = grad_y * pre
+            if ctx.transposed and ctx.kk > 1:
+                gu = gu.reshape(gu.shape[0], -1, ctx.kk).sum(-1)
+            grad_u = gu.sum(0) if u.dim() == 1 else gu
+    if needs[2]:
+        grad_bias = grad.sum(0)
+        if ctx.transposed and ctx.kk > 1:
+            grad_bias = grad_bias.reshape(-1, ctx.kk).sum(-1)
+    gx, gw, gl = masked_gemm_backward(grad, x, weight, logits, ctx.s, bits, perm, sorted_task, task_offsets,
+                                      frozen_bits, frozen_out, frozen_in, ctx.transposed, ctx.kk,
+                                      needs[0], needs[1], needs[3])
+    return (gx if needs[0] else None, gw if needs[1] else None, grad_bias, gl if needs[3] else None,
+            None, None, None, None, None, None, None, None, grad_u, None, None, None)
+
+
+masked_gemm.register_autograd(_backward, setup_context=_setup_context)
+
+
+def replay_order(row_task: Tensor, tasks: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(perm, sorted_task, task_offsets)``: the batch rows sorted by task, their tasks, and
+    where each task's rows start (``tasks + 1`` entries). Torch ops only, no device sync."""
+    sorted_task, perm = torch.sort(row_task, stable=True)
+    sorted_task = sorted_task.to(torch.int32)
+    bounds = torch.arange(tasks + 1, device=row_task.device, dtype=torch.int32)
+    offsets = torch.searchsorted(sorted_task, bounds).to(torch.int32)
+    return perm.to(torch.int32), sorted_task, offsets
+
+
+def _check(name: str, t, shape: tuple, dtypes, device) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+
+
+def run(op: str, x2: Tensor, w2: Tensor, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
+        transposed: bool, kk: int) -> Tensor:
+    """Validate the mask arguments against the 2-D weight matrix ``w2`` and run the custom op.
+
+    ``w2`` is ``[out, in * kk]`` (or ``[in, out * kk]`` when ``transposed``); ``logits`` must be
+    the same 2-D view of its storage. Returns ``y`` of shape ``[batch, out]`` (``[batch, out * kk]``).
+    """
+    rows, cols = w2.shape
+    out_units, in_units = (cols // kk, rows) if transposed else (rows, cols // kk)
+    batch, dev = x2.shape[0], x2.device
+    floats = (torch.float16, torch.bfloat16, torch.float32)
+    _check(f"{op}: logits", logits, w2.shape, floats, dev)
+    packed = (rows, (cols + 7) // 8)
+    if logits is not None and bits is not None:
+        raise ValueError(f"{op}: give at most one weight mask, logits or bits, not both")
+    if frozen_bits is not None and frozen_units is not None:
+        raise ValueError(f"{op}: give at most one of frozen_bits and frozen_units")
+    perm = sorted_task = offsets = None
+    if row_task is not None:
+        if bits is None or bits.dim() != 3:
+            raise ValueError(f"{op}: row_task needs bits stacked per task, shape (tasks, {packed[0]}, {packed[1]})")
+        _check(f"{op}: bits", bits, (bits.shape[0],) + packed, (torch.uint8,), dev)
+        _check(f"{op}: row_task", row_task, (batch,), (torch.int64, torch.int32), dev)
+        perm, sorted_task, offsets = replay_order(row_task, bits.shape[0])
+    else:
+        _check(f"{op}: bits", bits, packed, (torch.uint8,), dev)
+    _check(f"{op}: frozen_bits", frozen_bits, packed, (torch.uint8,), dev)
+    frozen_out = frozen_in = None
+    if frozen_units is not None:
+        if not isinstance(frozen_units, (tuple, list)) or len(frozen_units) != 2:
+            raise TypeError(f"{op}: frozen_units must be a pair (reserved_out, reserved_in or None)")
+        frozen_out, frozen_in = frozen_units
+        if frozen_out is None:
+            raise ValueError(f"{op}: frozen_units[0] (reserved output units) must be a bool tensor")
+        _check(f"{op}: frozen_units[0]", frozen_out, (out_units,), (torch.bool,), dev)
+        _check(f"{op}: frozen_units[1]", frozen_in, (in_units,), (torch.bool,), dev)
+    _check(f"{op}: bias", bias, (out_units,), floats, dev)
+    if unit_scale is not None:
+        shape = (out_units,) if unit_scale.dim() == 1 else (batch, out_units)
+        _check(f"{op}: unit_scale", unit_scale, shape, floats, dev)
+    save_pre = unit_scale is not None and unit_scale.requires_grad and torch.is_grad_enabled()
+    y, _ = masked_gemm(x2, w2, bias, logits, float(s), bits, perm, sorted_task, offsets, frozen_bits, frozen_out,
+                       frozen_in, unit_scale, transposed, kk, save_pre)
+    return y

@@ -1,0 +1,303 @@
+"""The two Triton GEMMs every masked op is built from, with the DGM mask formed in registers.
+
+* :func:`masked_mm` -- ``C = A @ op(W_eff)``: the forward (``op = transpose``) and the input
+  gradient (``op = identity``). The k-loop loads a weight tile and its mask tile (logits ->
+  ``sigmoid(s * logits)``, or packed bits -> one bit) and multiplies them before the dot; the
+  epilogue adds the bias and scales each output unit (DGMa), optionally saving the pre-scale
+  output for the ``unit_scale`` gradient.
+* :func:`masked_wgrad` -- ``G = P^T Q`` in weight coordinates; its epilogue writes
+  ``grad_W = G * m`` with the frozen entries zeroed (packed frozen bits, or HAT's reserved
+  ``out_i & in_j``) and, for the soft mask, ``grad_logits = G * W * s * m * (1 - m)``.
+
+Replay (``perm``/``sorted_task``): the host sorts the batch rows by task once (torch ops, no
+device sync) and the kernels read and write rows through that permutation. A forward M-tile
+then covers few tasks; the program runs its k-loop once per task present in the tile, with that
+task's bits and the other rows' A entries masked to zero, like a grouped GEMM without padding
+(at most ``T - 1`` tiles in the whole grid run more than one pass). The weight gradient loops
+over the task segments, reduces each with its own dot and adds it under its task's bits.
+
+Weights are read through their strides, so views of a larger storage never get copied. The 2-D
+weight matrix has rows ``R`` and columns ``C`` (bits are packed along ``C``, see
+:mod:`dgm.bits`); ``cols_per_unit`` groups columns into units (1 for linear).
+
+fp32 inputs use ``input_precision`` ``"tf32"`` when ``torch.backends.cuda.matmul.allow_tf32``
+is set (as ``F.linear`` does) and ``"ieee"`` otherwise; the interpreter always computes exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+MASK_NONE, MASK_SOFT, MASK_BITS = 0, 1, 2
+FROZEN_NONE, FROZEN_BITS, FROZEN_UNITS = 0, 1, 2
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _configs(m: str, n: str, k: str, group: str):
+    """A handful of tile shapes on a GPU; one under the interpreter (no benchmarking there)."""
+    if _interpreting():
+        return [triton.Config({m: 64, n: 64, k: 64, group: 8}, num_warps=4, num_stages=1)]
+    shapes = [(128, 128, 32, 4, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 3, 4),
+              (128, 128, 64, 3, 8), (32, 64, 64, 4, 4), (64, 32, 64, 4, 2)]
+    return [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
+            for bm, bn, bk, st, w in shapes]
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """The fp32 dot precision: tf32 where PyTorch's own matmuls may use it."""
+    if dtype == torch.float32 and not _interpreting() and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+@triton.jit
+def _swizzle(pid, num_a, num_b, GROUP: tl.constexpr):
+    """Grouped tile order so neighbouring programs share A rows in L2."""
+    width = GROUP * num_b
+    group = pid // width
+    first = group * GROUP
+    size = tl.minimum(num_a - first, GROUP)
+    return first + (pid % width) % size, (pid % width) // size
+
+
+@triton.jit
+def _mask_tile(w, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK: tl.constexpr):
+    """``w`` times its mask at weight coordinates ``(wr, wc)``, computed in registers."""
+    if MASK == 1:
+        lg = tl.load(l_ptr + wr * sl_0 + wc * sl_1, mask=ok, other=0.0).to(tl.float32)
+        w = (w.to(tl.float32) * tl.sigmoid(lg * s)).to(w.dtype)
+    elif MASK == 2:
+        byte = tl.load(bits_ptr + wr * sb_0 + (wc >> 3) * sb_1, mask=ok, other=0).to(tl.int32)
+        w = tl.where(((byte >> (wc & 7)) & 1) != 0, w, tl.zeros_like(w))
+    return w
+
+
+@triton.jit
+def _k_loop(acc, a_ptr, rows, sel, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s,
+            offs_n, n_ok, K, MASK: tl.constexpr, W_ROWS_ARE_N: tl.constexpr, PREC: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        a = tl.load(a_ptr + rows[:, None] * sa_m + offs_k[None, :] * sa_k, mask=sel[:, None] & k_ok[None, :],
+                    other=0.0)
+        if W_ROWS_ARE_N:
+            wr = offs_n[None, :]
+            wc = offs_k[:, None]
+        else:
+            wr = offs_k[:, None]
+            wc = offs_n[None, :]
+        ok = k_ok[:, None] & n_ok[None, :]
+        w = tl.load(w_ptr + wr * sw_0 + wc * sw_1, mask=ok, other=0.0)
+        w = _mask_tile(w, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK)
+        acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
+    return acc
+
+
+@triton.autotune(configs=_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+                 key=["M", "N", "K", "MASK", "PER_ROW", "W_ROWS_ARE_N"])
+@triton.jit
+def _masked_mm_kernel(
+        a_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, task_ptr, bias_ptr, scale_ptr, pre_ptr, c_ptr,
+        M, N, K, s,
+        sa_m, sa_k, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, ss_m, ss_n, sp_m, sp_n, sc_m, sc_n,
+        COLS_PER_UNIT: tl.constexpr, MASK: tl.constexpr, PER_ROW: tl.constexpr, W_ROWS_ARE_N: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PER_ROW:
+        rows = tl.load(perm_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
+        tasks = tl.load(task_ptr + offs_m, mask=m_ok, other=-1)
+        t_lo = tl.min(tl.where(m_ok, tasks, 2147483647), axis=0)
+        t_hi = tl.max(tasks, axis=0) + 1
+        for t in range(t_lo, t_hi):
+            sel = m_ok & (tasks == t)
+            if tl.sum(sel.to(tl.int32), axis=0) > 0:
+                acc = _k_loop(acc, a_ptr, rows, sel, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, sl_1,
+                              bits_ptr + t * sb_t, sb_0, sb_1, s, offs_n, n_ok, K, MASK,
+                              W_ROWS_ARE_N, PREC, BLOCK_K)
+    else:
+        rows = offs_m.to(tl.int64)
+        acc = _k_loop(acc, a_ptr, rows, m_ok, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, sl_1, bits_ptr,
+                      sb_0, sb_1, s, offs_n, n_ok, K, MASK, W_ROWS_ARE_N, PREC, BLOCK_K)
+    units = offs_n // COLS_PER_UNIT
+    c_ok = m_ok[:, None] & n_ok[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + units, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if WRITE_PRE:
+        tl.store(pre_ptr + rows[:, None] * sp_m + offs_n[None, :] * sp_n, acc.to(pre_ptr.dtype.element_ty),
+                 mask=c_ok)
+    if HAS_SCALE:
+        acc *= tl.load(scale_ptr + rows[:, None] * ss_m + units[None, :] * ss_n, mask=c_ok, other=0.0).to(tl.float32)
+    tl.store(c_ptr + rows[:, None] * sc_m + offs_n[None, :] * sc_n, acc.to(c_ptr.dtype.element_ty), mask=c_ok)
+
+
+@triton.jit
+def _b_loop(acc, start, end, p_ptr, sp_b, sp_r, q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok,
+            PER_ROW: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr):
+    for b0 in range(start, end, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        b_ok = offs_b < end
+        if PER_ROW:
+            rows = tl.load(perm_ptr + offs_b, mask=b_ok, other=0).to(tl.int64)
+        else:
+            rows = offs_b.to(tl.int64)
+        p = tl.load(p_ptr + rows[None, :] * sp_b + offs_r[:, None] * sp_r, mask=r_ok[:, None] & b_ok[None, :],
+                    other=0.0)
+        q = tl.load(q_ptr + rows[:, None] * sq_b + offs_c[None, :] * sq_c, mask=b_ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(p, q, acc, input_precision=PREC)
+    return acc
+
+
+@triton.autotune(configs=_configs("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
+                 key=["R", "C", "B", "MASK", "PER_ROW", "FROZEN"])
+@triton.jit
+def _masked_wgrad_kernel(
+        p_ptr, q_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr, gw_ptr, gl_ptr,
+        R, C, B, T, s,
+        sp_b, sp_r, sq_b, sq_c, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, sf_0, sf_1, sgw_0, sgw_1, sgl_0, sgl_1,
+        COLS_PER_UNIT: tl.constexpr, MASK: tl.constexpr, PER_ROW: tl.constexpr, FROZEN: tl.constexpr,
+        OUT_ON_ROWS: tl.constexpr, HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr,
+        PREC: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
+    pid_r, pid_c = _swizzle(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.cdiv(C, BLOCK_C), GROUP_R)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    r_ok = offs_r < R
+    c_ok = offs_c < C
+    ok = r_ok[:, None] & c_ok[None, :]
+    wr = offs_r[:, None]
+    wc = offs_c[None, :]
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    if PER_ROW:
+        # One reduction per task segment of the sorted rows, each added under its own bits.
+        for t in range(0, T):
+            start = tl.load(off_ptr + t)
+            end = tl.load(off_ptr + t + 1)
+            if end > start:
+                g = _b_loop(tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32), start, end, p_ptr, sp_b, sp_r,
+                            q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok, PER_ROW, PREC, BLOCK_B)
+                acc += _mask_tile(g, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr + t * sb_t, sb_0, sb_1, s, 2)
+        gw = acc
+    else:
+        acc = _b_loop(acc, 0, B, p_ptr, sp_b, sp_r, q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok,
+                      PER_ROW, PREC, BLOCK_B)
+        if MASK == 1:
+            m = tl.sigmoid(tl.load(l_ptr + wr * sl_0 + wc * sl_1, mask=ok, other=0.0).to(tl.float32) * s)
+            if WRITE_L:
+                w = tl.load(w_ptr + wr * sw_0 + wc * sw_1, mask=ok, other=0.0).to(tl.float32)
+                gl = acc * w * s * m * (1.0 - m)
+                tl.store(gl_ptr + wr * sgl_0 + wc * sgl_1, gl.to(gl_ptr.dtype.element_ty), mask=ok)
+            gw = acc * m
+        else:
+            gw = _mask_tile(acc, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK)
+    if WRITE_W:
+        if FROZEN == 1:
+            byte = tl.load(fbits_ptr + wr * sf_0 + (wc >> 3) * sf_1, mask=ok, other=0).to(tl.int32)
+            gw = tl.where(((byte >> (wc & 7)) & 1) != 0, 0.0, gw)
+        elif FROZEN == 2:
+            if OUT_ON_ROWS:
+                out_u = offs_r[:, None]
+                in_u = offs_c[None, :] // COLS_PER_UNIT
+                out_ok = r_ok[:, None]
+                in_ok = c_ok[None, :]
+            else:
+                out_u = offs_c[None, :] // COLS_PER_UNIT
+                in_u = offs_r[:, None]
+                out_ok = c_ok[None, :]
+                in_ok = r_ok[:, None]
+            frozen = tl.load(fout_ptr + out_u, mask=out_ok, other=0) != 0
+            if HAS_IN_RES:
+                frozen = frozen & (tl.load(fin_ptr + in_u, mask=in_ok, other=0) != 0)
+            gw = tl.where(frozen, 0.0, gw)
+        tl.store(gw_ptr + wr * sgw_0 + wc * sgw_1, gw.to(gw_ptr.dtype.element_ty), mask=ok)
+
+
+def _strides(t: torch.Tensor | None, n: int = 2) -> tuple[int, ...]:
+    return tuple(t.stride()) if t is not None else (0,) * n
+
+
+def _bit_strides(bits: torch.Tensor | None) -> tuple[int, int, int]:
+    if bits is None:
+        return 0, 0, 0
+    if bits.dim() == 3:
+        return tuple(bits.stride())
+    return (0,) + tuple(bits.stride())
+
+
+def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s: float = 1.0, bits=None,
+              perm=None, sorted_task=None, bias=None, scale=None, cols_per_unit: int = 1, write_pre: bool = False):
+    """``A @ op(W * m)`` (+ bias, * unit scale), ``op`` = transpose if ``w_rows_are_n``.
+
+    ``a`` is ``[M, K]``; the weight matrix ``w`` is ``[N, K]`` or ``[K, N]``. ``scale`` is per
+    unit, ``[N / cols_per_unit]`` or per row ``[M, N / cols_per_unit]``. Returns ``(c, pre)``,
+    ``pre`` (the output before the scale) only when ``write_pre``.
+    """
+    M, K = a.shape
+    N = w.shape[0] if w_rows_are_n else w.shape[1]
+    c = torch.empty((M, N), device=a.device, dtype=a.dtype)
+    pre = torch.empty((M, N), device=a.device, dtype=a.dtype) if write_pre else None
+    if M == 0 or N == 0:
+        return c, pre
+    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
+    per_row = perm is not None
+    if scale is None:
+        scale_strides = (0, 0)
+    elif scale.dim() == 1:
+        scale_strides = (0, scale.stride(0))
+    else:
+        scale_strides = tuple(scale.stride())
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    _masked_mm_kernel[grid](
+        a, w, logits, bits, perm, sorted_task, bias, scale, pre, c,
+        M, N, K, float(s),
+        *a.stride(), *w.stride(), *_strides(logits), *_bit_strides(bits), *scale_strides, *_strides(pre),
+        *c.stride(),
+        COLS_PER_UNIT=cols_per_unit, MASK=mask, PER_ROW=per_row, W_ROWS_ARE_N=w_rows_are_n,
+        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, WRITE_PRE=write_pre,
+        PREC=input_precision(a.dtype),
+    )
+    return c, pre
+
+
+def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=None, s: float = 1.0, bits=None,
+                 perm=None, task_offsets=None, frozen_bits=None, frozen_out=None, frozen_in=None,
+                 out_on_rows: bool = True, cols_per_unit: int = 1, write_w: bool = True, write_logits: bool = False):
+    """``G = P^T Q`` (``[R, C]``, the weight matrix's shape) with the masked-gradient epilogue.
+
+    Returns ``(grad_w, grad_logits)``, each ``None`` unless asked for. ``frozen_out``/``frozen_in``
+    are HAT's reserved units (uint8 or bool), ``frozen_in=None`` meaning every input is reserved.
+    """
+    B, R = p.shape
+    C = q.shape[1]
+    gw = torch.empty(w.shape, device=w.device, dtype=w.dtype) if write_w else None
+    gl = torch.empty(logits.shape, device=w.device, dtype=logits.dtype) if write_logits else None
+    if R == 0 or C == 0 or not (write_w or write_logits):
+        return gw, gl
+    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
+    frozen = FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
+    as_u8 = lambda t: None if t is None else t.view(torch.uint8) if t.dtype == torch.bool else t  # noqa: E731
+    T = bits.shape[0] if perm is not None else 1
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)  # noqa: E731
+    _masked_wgrad_kernel[grid](
+        p, q, w, logits, bits, perm, task_offsets, frozen_bits, as_u8(frozen_out), as_u8(frozen_in), gw, gl,
+        R, C, B, T, float(s),
+        *p.stride(), *q.stride(), *w.stride(), *_strides(logits), *_bit_strides(bits), *_strides(frozen_bits),
+        *_strides(gw), *_strides(gl),
+        COLS_PER_UNIT=cols_per_unit, MASK=mask, PER_ROW=perm is not None, FROZEN=frozen, OUT_ON_ROWS=out_on_rows,
+        HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, PREC=input_precision(p.dtype),
+    )
+    return gw, gl
