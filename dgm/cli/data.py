@@ -16,7 +16,7 @@ FETCHABLE = ("fashion-mnist",)
 def _parser() -> argparse.ArgumentParser:
     from dgm.data import DATASETS
 
-    parser = argparse.ArgumentParser(prog="dgm-data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="dgm-data", description="Get and inspect the data sets of dgm.")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download a data set from the Debian archive into --root")
     fetch.add_argument("dataset", choices=FETCHABLE)

@@ -68,7 +68,8 @@ def _require(name: str, root: Path, paths: list[Path]) -> None:
             hint += f", or run `dgm-data fetch fashion-mnist --root {root}` (no internet beyond Debian mirrors)"
         raise FileNotFoundError(
             f"{name} data not found under {root}: expected {', '.join(str(p) for p in paths)}; "
-            f"missing {', '.join(str(p) for p in missing)}. To get it, {hint}.")
+            f"missing {'all of them' if len(missing) == len(paths) else ', '.join(str(p) for p in missing)}. "
+            f"To get it, {hint}.")
 
 
 def _idx(name, root, download, image_size):
