@@ -30,6 +30,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.002
+    mask_lr: float | None = None      # Adam learning rate of the mask logits; None: lr
     beta1: float = 0.5
     seed: int = 0
     device: str = "cpu"
@@ -78,6 +79,7 @@ class TrainConfig:
         need(self.tasks is None or (isinstance(self.tasks, int) and self.tasks > 0),
              f"tasks must be a positive integer or None, got {self.tasks!r}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(self.mask_lr is None or self.mask_lr > 0, f"mask_lr must be positive, got {self.mask_lr}")
         need(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         need(self.s_max is None or self.s_max >= 1, f"s_max must be >= 1, got {self.s_max}")
 

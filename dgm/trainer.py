@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import load_dataset, split_tasks
 from .masks import compensate_logit_grad_, sharpness, sparsity_regularizer
@@ -89,9 +89,11 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
 
     betas = (config.beta1, 0.999)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
-    opt_g = torch.optim.Adam(generator.task_parameters(list(task.classes)), lr=config.lr, betas=betas)
-    guard = ReservedGuard(opt_g, generator)
     logits = [p for layer in generator.masked_layers() for p in layer.logits()]
+    weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
+    opt_g = torch.optim.Adam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
+                             lr=config.lr, betas=betas)
+    guard = ReservedGuard(opt_g, generator)
     s_max = config.resolved_s_max
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
 
@@ -131,8 +133,8 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
                 compensate_logit_grad_(p, s, s_max)
             opt_g.step()
 
-            reporter.log_step(task.index, epoch, b, {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class,
-                                                     "gp": gp, "reg": reg, "s": s})
+            scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "reg": reg}
+            reporter.log_step(task.index, epoch, b, {**{k: v.detach() for k, v in scalars.items()}, "s": s})
     guard.remove()
     generator.consolidate_and_expand()
     return discriminator
@@ -217,7 +219,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
             metrics = build_metrics(config.to_dict(), [list(task.classes) for task in tasks[: t + 1]], history,
                                     device=str(device), backend=backend)
             reporter.task_end(t, metrics, sample_grid(generator, tasks[: t + 1], 8, config.seed), 8)
-            save_checkpoint(out / f"checkpoint_task{t}.pt",
+            save_checkpoint(checkpoint_path(out, t),
                             {"config": config.to_dict(), "next_task": t + 1, "history": history,
                              "generator": generator.state_dict()})
     finally:
