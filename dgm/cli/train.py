@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, metavar="N", help="epochs per task")
     run.add_argument("--batch-size", type=int, metavar="N")
     run.add_argument("--lr", type=float, help="Adam learning rate of G and D")
+    run.add_argument("--mask-lr", type=float, help="Adam learning rate of the mask logits (default: --lr)")
     run.add_argument("--beta1", type=float, help="Adam beta1")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="cpu, cuda or cuda:INDEX")
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
     """Defaults < ``--config`` file < command-line flags; :class:`UsageError` on bad settings.
-    ``--fused`` is resolved here into ``backend`` (see :func:`resolve_fused`)."""
+    ``--fused`` is resolved here into the ``backend`` it selects (:func:`resolve_fused`), so the
+    settings saved with the run name the backend actually used."""
     args = vars(build_parser().parse_args(argv))
     values = {}
     if "config" in args:
@@ -88,7 +90,7 @@ def parse_config(argv: list[str] | None) -> TrainConfig:
         raise UsageError(f"bad settings: {exc}") from exc
     check_device(config.device)
     if config.fused:
-        config.backend = resolve_fused(config.device)
+        config.backend, config.fused = resolve_fused(config.device), False
     return config
 
 
@@ -107,16 +109,20 @@ def check_device(device: str) -> None:
 
 
 def resolve_fused(device: str) -> str:
-    """The backend ``--fused`` means on ``device``; one warning on stderr when no fused backend
-    runs there and the ops fall back to the reference."""
+    """The backend ``--fused`` means on ``device``: the fastest fused one on a CUDA device; the
+    reference, with one warning on stderr, where no fused backend runs (any non-CUDA device:
+    the Triton interpreter on the CPU is for testing kernels, not for speed)."""
     dev = torch.device(device)
-    backend = ops.fastest_backend(dev)
-    if all(ops.resolve(backend, op, dev) == "reference" for op in ops.OPS):
+    if dev.type == "cuda":
+        backend = ops.fastest_backend(dev)
+        if any(ops.resolve(backend, op, dev) != "reference" for op in ops.OPS):
+            return backend
         why = "; ".join(filter(None, (ops.unavailable_reason(b, "linear", dev) for b in ("triton", "cuda"))))
-        print(f"{PROG}: warning: --fused: no fused backend runs on {dev} ({why}); "
-              "falling back to the reference backend", file=sys.stderr)
-        return "reference"
-    return backend
+    else:
+        why = "the fused kernels need a CUDA GPU"
+    print(f"{PROG}: warning: --fused: no fused backend runs on {dev} ({why}); "
+          "falling back to the reference backend", file=sys.stderr)
+    return "reference"
 
 
 def main(argv: list[str] | None = None) -> int:
