@@ -7,7 +7,6 @@ the whole (unpadded) input, giving a ``1 x 1`` output. Every other shape, and gr
 the reference.
 """
 
-import torch
 from torch.nn.modules.utils import _pair
 
 from dgm.ops import reference

@@ -90,7 +90,7 @@ def _backward(ctx, grad_y, _grad_pre):
     grad = grad_y
     grad_bias = grad_u = None
     if u is not None:
-        grad = grad_y * _unit_broadcast(u, ctx.kk, ctx.transposed)
+        grad = (grad_y * _unit_broadcast(u, ctx.kk, ctx.transposed)).to(grad_y.dtype)
         if needs[12]:
             gu = grad_y * pre
             if ctx.transposed and ctx.kk > 1:

@@ -226,8 +226,8 @@ def _masked_wgrad_kernel(
         tl.store(gw_ptr + wr * sgw_0 + wc * sgw_1, gw.to(gw_ptr.dtype.element_ty), mask=ok)
 
 
-def _strides(t: torch.Tensor | None, n: int = 2) -> tuple[int, ...]:
-    return tuple(t.stride()) if t is not None else (0,) * n
+def _strides(t: torch.Tensor | None) -> tuple[int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0)
 
 
 def _bit_strides(bits: torch.Tensor | None) -> tuple[int, int, int]:
