@@ -1,0 +1,125 @@
+// CUDA implementations of the ops declared in ops.cpp: checks (tensor_args.h), output allocation,
+// device guard and stream, then the raw-pointer launchers of launch.h. Compiled in CUDA builds only.
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../tensor_args.h"
+#include "launch.h"
+
+namespace dgm::cuda {
+namespace {
+
+Dtype dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return Dtype::Float32;
+    case at::kDouble: return Dtype::Float64;
+    case at::kHalf: return Dtype::Float16;
+    case at::kBFloat16: return Dtype::BFloat16;
+    default: TORCH_CHECK(false, "dgm CUDA ops: unsupported dtype ", t.scalar_type());
+  }
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+at::Tensor pack_bits_cuda(const at::Tensor& mask_in) {
+  const at::Tensor mask = checked_mask(mask_in);
+  c10::cuda::CUDAGuard guard(mask.device());
+  auto [rows, cols] = matrix_shape(mask);
+  at::Tensor bits = at::empty({rows, packed_cols(cols)}, mask.options().dtype(at::kByte));
+  C10_CUDA_CHECK(pack_bits(mask.data_ptr<bool>(), bits.data_ptr<uint8_t>(), rows, cols, stream()));
+  return bits;
+}
+
+at::Tensor unpack_bits_cuda(const at::Tensor& bits_in, at::IntArrayRef shape) {
+  auto [bits, cols] = checked_unpack(bits_in, shape);
+  c10::cuda::CUDAGuard guard(bits.device());
+  at::Tensor mask = at::empty(shape, bits.options().dtype(at::kBool));
+  C10_CUDA_CHECK(unpack_bits(bits.data_ptr<uint8_t>(), mask.data_ptr<bool>(), shape[0], cols, stream()));
+  return mask;
+}
+
+at::Tensor union_bits_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
+  check_union(a_in, b_in);
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  c10::cuda::CUDAGuard guard(a.device());
+  at::Tensor out = at::empty(a.sizes(), a.options());
+  C10_CUDA_CHECK(union_bits(a.data_ptr<uint8_t>(), b.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), a.numel(),
+                            stream()));
+  return out;
+}
+
+at::Tensor popcount_cuda(const at::Tensor& bits_in) {
+  const at::Tensor bits = checked_popcount(bits_in);
+  c10::cuda::CUDAGuard guard(bits.device());
+  at::Tensor count = at::zeros({}, bits.options().dtype(at::kLong));
+  C10_CUDA_CHECK(popcount(bits.data_ptr<uint8_t>(), bits.numel(),
+                          reinterpret_cast<unsigned long long*>(count.data_ptr<int64_t>()), stream()));
+  return count;
+}
+
+at::Tensor masked_weight_cuda(const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
+                              const std::optional<at::Tensor>& bits) {
+  MaskedWeightInputs in = masked_weight_inputs(weight, logits, s, bits, "masked_weight");
+  c10::cuda::CUDAGuard guard(weight.device());
+  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  C10_CUDA_CHECK(masked_weight(dtype_of(weight), in.args, out.data_ptr(), stream()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
+    const std::optional<at::Tensor>& bits, const std::optional<at::Tensor>& frozen_bits,
+    const std::optional<at::Tensor>& frozen_out, const std::optional<at::Tensor>& frozen_in, int64_t out_dim,
+    bool weight_grad, bool logits_grad) {
+  MaskedWeightGradInputs in = masked_weight_grad_inputs(grad, weight, logits, s, bits, frozen_bits, frozen_out,
+                                                        frozen_in, out_dim, weight_grad, logits_grad);
+  c10::cuda::CUDAGuard guard(weight.device());
+  if (weight_grad || logits_grad) C10_CUDA_CHECK(masked_weight_grad(dtype_of(weight), in.args, stream()));
+  return {in.grad_weight, in.grad_logits};
+}
+
+void frozen_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, const c10::List<std::optional<at::Tensor>>& reserved,
+                      at::ArrayRef<double> neg_step_sizes, at::ArrayRef<double> bias_correction2_sqrts, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
+  const std::vector<AdamParam> ps =
+      adam_inputs(params, grads, exp_avgs, exp_avg_sqs, reserved, neg_step_sizes, bias_correction2_sqrts);
+  if (ps.empty()) return;
+  c10::cuda::CUDAGuard guard(ps[0].param.device());
+  // The per-tensor table goes to the device in one copy from pinned memory; the caching host
+  // allocator keeps the pinned buffer alive until the copy on this stream is done.
+  const int64_t table_bytes = static_cast<int64_t>(ps.size() * sizeof(AdamTensor));
+  at::Tensor host = at::empty({table_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  auto* table = reinterpret_cast<AdamTensor*>(host.data_ptr<uint8_t>());
+  int64_t blocks = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    const AdamParam& a = ps[i];
+    const int64_t numel = a.param.numel();
+    const int64_t cols = a.param.dim() ? matrix_shape(a.param).second : 1;
+    table[i] = {a.param.data_ptr(), a.grad.data_ptr(), a.exp_avg.data_ptr(), a.exp_avg_sq.data_ptr(),
+                a.reserved.defined() ? a.reserved.data_ptr<uint8_t>() : nullptr, numel, cols, packed_cols(cols),
+                neg_step_sizes[i], bias_correction2_sqrts[i], blocks};
+    blocks += (numel + kAdamChunk - 1) / kAdamChunk;
+  }
+  at::Tensor device_table = host.to(ps[0].param.device(), /*non_blocking=*/true);
+  C10_CUDA_CHECK(frozen_adam(dtype_of(ps[0].param), reinterpret_cast<const AdamTensor*>(device_table.data_ptr()),
+                             static_cast<int>(ps.size()), blocks,
+                             adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled), stream()));
+}
+
+}  // namespace
+}  // namespace dgm::cuda
+
+TORCH_LIBRARY_IMPL(dgm, CUDA, m) {
+  m.impl("pack_bits", dgm::cuda::pack_bits_cuda);
+  m.impl("unpack_bits", dgm::cuda::unpack_bits_cuda);
+  m.impl("union_bits", dgm::cuda::union_bits_cuda);
+  m.impl("popcount", dgm::cuda::popcount_cuda);
+  m.impl("masked_weight", dgm::cuda::masked_weight_cuda);
+  m.impl("masked_weight_backward", dgm::cuda::masked_weight_backward_cuda);
+  m.impl("frozen_adam_", dgm::cuda::frozen_adam_cuda);
+}

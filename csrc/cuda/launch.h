@@ -1,0 +1,46 @@
+// Launchers of the CUDA kernels: plain C++ on raw pointers and a stream, so the .cu files need no
+// torch headers (they compile in about a second each) and cuda/glue.cpp does the tensor side.
+// Each returns the launch's cudaError_t.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../elementwise.h"
+
+namespace dgm::cuda {
+
+// Floating storage types a launcher accepts; glue.cpp maps torch dtypes onto these.
+enum class Dtype : int { Float32, Float64, Float16, BFloat16 };
+
+cudaError_t pack_bits(const bool* mask, uint8_t* bits, int64_t rows, int64_t cols, cudaStream_t stream);
+cudaError_t unpack_bits(const uint8_t* bits, bool* mask, int64_t rows, int64_t cols, cudaStream_t stream);
+cudaError_t union_bits(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t n, cudaStream_t stream);
+// Adds the number of set bits of bits[0:n] to *count (zeroed by the caller).
+cudaError_t popcount(const uint8_t* bits, int64_t n, unsigned long long* count, cudaStream_t stream);
+
+// The pointers inside `MaskedWeight` / `MaskedWeightGrad` are device pointers of storage type `dtype`.
+cudaError_t masked_weight(Dtype dtype, const MaskedWeight<void>& args, void* out, cudaStream_t stream);
+cudaError_t masked_weight_grad(Dtype dtype, const MaskedWeightGrad<void>& args, cudaStream_t stream);
+
+// One parameter of a multi-tensor Adam step; an array of these lives in device memory.
+struct AdamTensor {
+  void* param;
+  const void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  const uint8_t* reserved;  // packed bits of the parameter as (shape[0], rest), or null
+  int64_t numel, cols, nbytes;
+  double neg_step_size, bias_correction2_sqrt;
+  int64_t first_block;      // blocks [first_block, next tensor's first_block) update this tensor
+};
+
+// Number of entries one block updates; the host sizes `first_block` with it.
+constexpr int64_t kAdamChunk = 4096;
+
+// One launch updates every tensor: `tensors` (device) holds `count` entries, `blocks` in all.
+cudaError_t frozen_adam(Dtype dtype, const AdamTensor* tensors, int count, int64_t blocks, const AdamScalars& h,
+                        cudaStream_t stream);
+
+}  // namespace dgm::cuda

@@ -1,0 +1,101 @@
+"""The extension's packed-bit ops (dgm.ops.extension) against the reference dgm.bits."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dgm import bits as ref
+from dgm.ops import extension as ext
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+SHAPES = [(1, 1), (3, 5), (7, 9), (2, 8), (4, 17), (5, 3, 3, 3), (13,), (6, 0), (3, 2, 1, 11)]
+
+
+def test_extension_is_loaded():
+    assert ext.LOAD_ERROR is None
+    assert ext.runs_on("cpu")
+    assert ext.runs_on("cuda") == ext.WITH_CUDA
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pack_unpack_match_reference(device, shape):
+    g = torch.Generator().manual_seed(hash(shape) % 1000)
+    mask = (torch.rand(shape, generator=g) < 0.4).to(device)
+    packed = ext.pack(mask)
+    assert packed.dtype == torch.uint8 and packed.device.type == device
+    assert torch.equal(packed, ref.pack(mask))
+    assert torch.equal(ext.unpack(packed, shape), mask)
+    assert torch.equal(ext.unpack(packed, shape), ref.unpack(packed, shape))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_rows(device):
+    packed = ext.pack(torch.zeros(0, 5, dtype=torch.bool, device=device))
+    assert packed.shape == (0, 1)
+    assert ext.unpack(packed, (0, 5)).shape == (0, 5)
+    assert ext.popcount(packed) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_reads_non_contiguous_masks(device):
+    mask = (torch.rand(9, 6) < 0.5).to(device).t()
+    assert not mask.is_contiguous()
+    assert torch.equal(ext.pack(mask), ref.pack(mask.contiguous()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 5), (7, 9, 2), (11,), (4, 64)])
+def test_union_and_popcount_match_reference(device, shape):
+    a = torch.rand(shape) < 0.3
+    b = torch.rand(shape) < 0.6
+    pa, pb = ref.pack(a).to(device), ref.pack(b).to(device)
+    assert torch.equal(ext.union(pa, pb), ref.pack(a | b).to(device))
+    assert ext.popcount(pa) == ref.popcount(pa) == int(a.sum())
+    assert ext.popcount(ext.union(pa, pb)) == int((a | b).sum())
+
+
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(RuntimeError, match="mask must be a bool tensor"):
+        ext.pack(torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match=r"expected \(3, 1\)"):
+        ext.unpack(torch.zeros(3, 2, dtype=torch.uint8), (3, 5))
+    with pytest.raises(RuntimeError, match="bits must be uint8"):
+        ext.unpack(torch.zeros(3, 1), (3, 5))
+    with pytest.raises(RuntimeError, match="masks of one shape"):
+        ext.union(torch.zeros(3, 1, dtype=torch.uint8), torch.zeros(3, 2, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="popcount: bits must be uint8"):
+        ext.popcount(torch.zeros(4, dtype=torch.int32))
+
+
+def test_ops_are_registered_for_torch_compile():
+    """Schemas, fake (meta) kernels and their agreement with the real ones, as torch checks them."""
+    mask = torch.rand(5, 3, 3) < 0.5
+    bits = ext.pack(mask)
+    torch.library.opcheck(torch.ops.dgm.pack_bits.default, (mask,))
+    torch.library.opcheck(torch.ops.dgm.unpack_bits.default, (bits, [5, 3, 3]))
+    torch.library.opcheck(torch.ops.dgm.union_bits.default, (bits, bits.flip(0)))
+    torch.library.opcheck(torch.ops.dgm.popcount.default, (bits,))
+
+
+def test_missing_extension_leaves_the_backend_importable_with_a_reason():
+    code = (
+        "import sys; sys.modules['dgm._C'] = None\n"
+        "import torch\n"
+        "from dgm import ops\n"
+        "from dgm.ops import extension as ext\n"
+        "assert not ext.runs_on('cpu') and 'dgm._C' in ext.LOAD_ERROR\n"
+        "reason = ops.unavailable_reason('cuda', 'conv2d', torch.device('cpu'))\n"
+        "assert reason is not None, reason\n"
+        "try:\n"
+        "    ops.conv2d(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 1, 1), backend='cuda')\n"
+        "except ops.BackendUnavailable:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('the cuda backend ran without its extension')\n"
+        "assert ops.resolve('auto', 'conv2d', torch.device('cpu')) == 'reference'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
