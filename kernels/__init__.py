@@ -4,9 +4,9 @@
 :mod:`.linear` and :mod:`.conv` the ops with the signatures of :mod:`dgm.ops.reference`.
 """
 
-import os
-
 import torch
+
+from dgm.ops import interpreting
 
 from .conv import conv2d, conv_transpose2d
 from .linear import linear
@@ -15,7 +15,7 @@ from .linear import linear
 def runs_on(device: torch.device) -> bool:
     """CUDA devices, and the CPU under the Triton interpreter (``TRITON_INTERPRET=1``)."""
     device = torch.device(device)
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    return device.type == "cuda" or (device.type == "cpu" and interpreting())
 
 
 __all__ = ["linear", "conv2d", "conv_transpose2d", "runs_on"]

@@ -26,23 +26,19 @@ is set (as ``F.linear`` does) and ``"ieee"`` otherwise; the interpreter always c
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from dgm.ops import interpreting
 
 MASK_NONE, MASK_SOFT, MASK_BITS = 0, 1, 2
 FROZEN_NONE, FROZEN_BITS, FROZEN_UNITS = 0, 1, 2
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _configs(m: str, n: str, k: str, group: str):
     """A handful of tile shapes on a GPU; one under the interpreter (no benchmarking there)."""
-    if _interpreting():
+    if interpreting():
         return [triton.Config({m: 64, n: 64, k: 64, group: 8}, num_warps=4, num_stages=1)]
     shapes = [(128, 128, 32, 4, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 3, 4),
               (128, 128, 64, 3, 8), (32, 64, 64, 4, 4), (64, 32, 64, 4, 2)]
@@ -52,7 +48,7 @@ def _configs(m: str, n: str, k: str, group: str):
 
 def input_precision(dtype: torch.dtype) -> str:
     """The fp32 dot precision: tf32 where PyTorch's own matmuls may use it."""
-    if dtype == torch.float32 and not _interpreting() and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
