@@ -190,6 +190,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
                                image_size=config.image_size)
     tasks = split_tasks(train, test, config.classes_per_task, config.tasks, config.val_fraction,
                         config.train_per_class, config.seed)
+    torch.manual_seed(config.seed)
     generator = build_generator(config, train.num_classes, train.channels, backend).to(device)
     history = {"test": [], "val": [], "generator_params": [], "growth": [], "wall_time_s": []}
 

@@ -208,7 +208,7 @@ class MaskedLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: per-row task ids must name consolidated tasks "
                              f"0..{self.task - 1}")
         self._check_width(x, self.in_units)
-        weight_bits, _, bias_masks = self._row_masks()
+        weight_bits, _, bias_masks, _ = self._row_masks()
         weight = self.active_weight().detach()
         bias = None if self.bias is None else self.bias[: self.out_units].detach()
         if self.mask == "weight":
@@ -219,7 +219,12 @@ class MaskedLayer(nn.Module):
             ones = (1,) * (y.dim() - 2)
             shape = (y.shape[0],) + ones + (-1,) if self._OP == "linear" else (y.shape[0], -1) + ones
             return y + row_bias.reshape(shape)
-        return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(row_task))
+        # A task's units cover only the inputs it had: zero the newer ones for its rows (DGMw does
+        # this through its bits).
+        in_masks = self._row_masks()[3][row_task]
+        ones = (1,) * (x.dim() - 2)
+        shape = (x.shape[0],) + ones + (-1,) if self._OP == "linear" else (x.shape[0], -1) + ones
+        return self._call_op(x * in_masks.reshape(shape), weight, bias, unit_scale=self._own_unit_mask(row_task))
 
     def unit_mask(self, task: int | torch.Tensor | None = None) -> torch.Tensor:
         """DGMa mask over output units for ``task``: soft ``sigmoid(s * e)`` ``[out]`` for the task
@@ -239,10 +244,11 @@ class MaskedLayer(nn.Module):
         return None if self.defer_unit_mask else self.unit_mask(task)
 
     def _row_masks(self):
-        """Every consolidated task's masks at the current width (zero outside a task's units)."""
+        """Every consolidated task's masks at the current width (zero outside a task's units):
+        weight bits, unit masks, bias masks, input-unit masks (DGMa)."""
         if self._rows_cache is None:
             shape = self.active_weight().shape
-            weight_bits, units, biases = [], [], []
+            weight_bits, units, biases, inputs = [], [], [], []
             for task in range(self.task):
                 out_units, in_units = self.sizes(task)
                 if self.mask == "weight":
@@ -254,11 +260,13 @@ class MaskedLayer(nn.Module):
                 else:
                     u = _bits.unpack(self.task_bits(task), (out_units,))
                     units.append(_pad_to(u, (self.out_units,)))
+                    inputs.append(torch.arange(self.in_units, device=u.device) < in_units)
             dtype = self.weight.dtype
             self._rows_cache = (
                 torch.stack(weight_bits) if weight_bits else None,
                 torch.stack(units).to(dtype) if units else None,
                 torch.stack(biases).to(dtype) if biases else None,
+                torch.stack(inputs).to(dtype) if inputs else None,
             )
         return self._rows_cache
 
@@ -351,6 +359,10 @@ class MaskedLayer(nn.Module):
 
     def _update_free(self) -> None:
         self._free = self.capacity() - self.reserved_count()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._rows_cache = None  # cached masks follow moves and casts
+        return super()._apply(fn, *args, **kwargs)
 
     def _changed(self) -> None:
         self._rows_cache = None
