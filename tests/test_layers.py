@@ -20,8 +20,8 @@ class Spec:
         self.name, self.masked, self.plain_module = name, masked, plain_module
         self.args, self.kwargs, self.spatial, self.op = args, kwargs, spatial, op
 
-    def layer(self, mask, **kw):
-        return self.masked(*self.args, **self.kwargs, mask=mask, backend="reference", dtype=DT, **kw)
+    def layer(self, mask, bias=True):
+        return self.masked(*self.args, **self.kwargs, bias=bias, mask=mask, backend="reference", dtype=DT)
 
     def twin(self):
         return self.plain_module(*self.args, **self.kwargs, dtype=DT)
@@ -166,24 +166,24 @@ def _expected_consolidated(spec, layer, kind, x, task, masks):
     """Task ``task``'s output from its recorded bits, on its own width."""
     out_units, in_units = layer.sizes(task)
     w = spec.weight_view(layer, out_units, in_units).detach()
-    b = layer.bias[:out_units].detach()
+    b = None if layer.bias is None else layer.bias[:out_units].detach()
     if kind == "weight":
         m, mb = masks[task]
-        return spec.op(layer, x, w * m.to(DT), b * mb.to(DT))
+        return spec.op(layer, x, w * m.to(DT), None if b is None else b * mb.to(DT))
     y = spec.op(layer, x, w, b)
     return y * masks[task].to(DT).reshape(spec.unit_shape(y))
 
 
-def _train_three_widths(spec, kind):
+def _train_three_widths(spec, kind, bias=True):
     """A layer with tasks 0 and 1 consolidated at different widths, learning task 2 at a third."""
-    layer = spec.layer(kind)
+    layer = spec.layer(kind, bias)
     masks = []
     for t, (out_extra, in_extra) in enumerate([(2, 3), (3, 1)]):
         _randomise_logits(layer, 10 + t)
         if kind == "weight":
             shape = layer.active_weight().shape
             masks.append((layer.mask_logits[: shape[0], : shape[1]].detach() > 0,
-                          layer.bias_logits[: layer.out_units].detach() > 0))
+                          None if layer.bias is None else layer.bias_logits[: layer.out_units].detach() > 0))
         else:
             masks.append(layer.unit_logits[: layer.out_units].detach() > 0)
         layer.consolidate()
@@ -195,8 +195,9 @@ def _train_three_widths(spec, kind):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_consolidated_forward_uses_binary_mask_and_own_width(spec, kind):
-    layer, masks = _train_three_widths(spec, kind)
+@pytest.mark.parametrize("bias", [True, False])
+def test_consolidated_forward_uses_binary_mask_and_own_width(spec, kind, bias):
+    layer, masks = _train_three_widths(spec, kind, bias)
     o, i = spec.args[1], spec.args[0]
     assert [layer.sizes(t) for t in range(3)] == [(o, i), (o + 2, i + 3), (o + 5, i + 4)]
     for task in (0, 1):
@@ -231,8 +232,9 @@ def _rows_input(spec, layer, row_task, kind, seed):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_per_row_forward_equals_per_task_forward(spec, kind):
-    layer, _ = _train_three_widths(spec, kind)
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_row_forward_equals_per_task_forward(spec, kind, bias):
+    layer, _ = _train_three_widths(spec, kind, bias)
     row_task = torch.tensor([1, 0, 0, 1, 0])
     x = _rows_input(spec, layer, row_task, kind, seed=50)
     y = layer(x, task=row_task)
@@ -246,7 +248,6 @@ def test_per_row_forward_equals_per_task_forward(spec, kind):
         assert torch.all(y[r:r + 1].narrow(unit_dim, out_units, layer.out_units - out_units) == 0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B4: DGMa per-row forward uses input units beyond a row's task width")
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_activation_rows_ignore_inputs_beyond_task_width(spec):
     layer, _ = _train_three_widths(spec, "activation")
@@ -260,7 +261,15 @@ def test_activation_rows_ignore_inputs_beyond_task_width(spec):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B3: the per-row mask cache keeps the old dtype after .float()")
+@pytest.mark.xfail(strict=True, reason="bug B5: per-row forward crashes on an empty batch")
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_row_forward_of_an_empty_batch(spec, kind):
+    layer, _ = _train_three_widths(spec, kind)
+    x = spec.x(0, layer.in_units)
+    assert layer(x, task=torch.zeros(0, dtype=torch.long)).shape == layer(x).shape
+
+
 def test_row_masks_follow_dtype_changes():
     layer = dgm.MaskedLinear(4, 3, mask="activation", backend="reference", dtype=DT)
     _randomise_logits(layer, 1)
@@ -302,10 +311,11 @@ def test_current_task_cannot_move_reserved_weights(spec, kind):
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_state_dict_round_trip_into_a_fresh_layer(spec, kind):
-    layer, _ = _train_three_widths(spec, kind)
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_round_trip_into_a_fresh_layer(spec, kind, bias):
+    layer, _ = _train_three_widths(spec, kind, bias)
     layer.s = 3.0
-    fresh = spec.layer(kind)
+    fresh = spec.layer(kind, bias)
     fresh.load_state_dict(layer.state_dict())
     assert fresh.task == layer.task and [fresh.sizes(t) for t in range(3)] == [layer.sizes(t) for t in range(3)]
     for task in range(layer.task + 1):

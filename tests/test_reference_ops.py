@@ -248,3 +248,15 @@ def test_linear_with_leading_dims_scales_the_last_dim(per_row):
     scale = torch.rand((4, 5) if per_row else (5,), generator=g, dtype=DT)
     expected = F.linear(x, w, b) * (scale[:, None, :] if per_row else scale)
     torch.testing.assert_close(reference.linear(x, w, b, unit_scale=scale), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="bug B5: per-row ops crash on an empty batch")
+@pytest.mark.parametrize("name", ["linear", "conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("with_scale", [False, True])
+def test_row_task_on_an_empty_batch(name, with_scale):
+    x, w, b, _, _, plain = _data(name, 31)
+    x = x[:0]
+    packed = torch.stack([bits.pack(torch.ones(w.shape, dtype=torch.bool))] * 2)
+    scale = torch.ones(0, CASES[name][2], dtype=DT) if with_scale else None
+    y = _call(name, x, w, b, bits=packed, row_task=torch.zeros(0, dtype=torch.long), unit_scale=scale)
+    assert y.shape == plain(x, w, b).shape
