@@ -119,3 +119,13 @@ def test_unpack_rejects_bits_of_another_shape(shape):
     packed = bits.pack(torch.ones(3, 9, dtype=torch.bool))  # (3, 2)
     with pytest.raises(ValueError, match=r"expected \("):
         bits.unpack(packed, shape)
+
+
+@pytest.mark.xfail(strict=True, reason="bug B7: pack/unpack of a mask with zero rows raises a reshape error")
+@pytest.mark.parametrize("shape", [(0, 5), (0,), (0, 3, 2, 2)])
+def test_empty_masks_round_trip(shape):
+    mask = torch.zeros(shape, dtype=torch.bool)
+    packed = bits.pack(mask)
+    assert packed.shape[0] == 0
+    assert torch.equal(bits.unpack(packed, shape), mask)
+    assert bits.popcount(packed) == 0

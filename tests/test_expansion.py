@@ -195,3 +195,22 @@ def test_regrow_parameter_without_state_or_optimizer():
     assert any(p is new for p in opt.param_groups[0]["params"])
     bias = regrow_parameter(module, "bias", (4,))
     assert bias.shape == (4,) and module.bias is bias
+
+
+@pytest.mark.xfail(strict=True, reason="bug B6: expand zeroes every mask logit, not only the new ones")
+@pytest.mark.parametrize("kind", KINDS)
+def test_expand_keeps_old_mask_logits(kind):
+    layer = LAYERS["conv2d"][0](kind)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in layer.logits():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
+    before = [p.detach().clone() for p in layer.logits()]
+    layer.expand(out_extra=2, in_extra=1)  # reallocates
+    layer.expand(out_extra=1)  # fits
+    for p, old in zip(layer.logits(), before):
+        region = tuple(slice(0, n) for n in old.shape)
+        assert torch.equal(p.detach()[region], old)
+        rest = p.detach().clone()
+        rest[region] = 0
+        assert torch.all(rest == 0)
