@@ -74,7 +74,7 @@ def _hand_terms(layer):
     """(mask values, reserved flags) of every mask entry of ``layer``, written from its public state."""
     s = layer.s
     if layer.mask == "weight":
-        o, i = layer.out_units, layer.in_units
+        o = layer.out_units
         w_shape = layer.active_weight().shape
         logit = layer.mask_logits[: w_shape[0], : w_shape[1]].detach().reshape(-1)
         res = (torch.zeros(logit.shape, dtype=torch.bool) if layer.reserved_bits is None
@@ -83,7 +83,6 @@ def _hand_terms(layer):
             logit = torch.cat([logit, layer.bias_logits[:o].detach()])
             rb = torch.zeros(o, dtype=torch.bool) if layer.reserved_bias is None else layer.reserved_bias
             res = torch.cat([res, rb])
-        del i
     else:
         logit = layer.unit_logits[: layer.out_units].detach()
         res = (torch.zeros(logit.shape, dtype=torch.bool) if layer.reserved_units is None
