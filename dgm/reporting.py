@@ -3,13 +3,14 @@
 :class:`Reporter` receives the trainer's events and writes, under ``OUT``:
 
 - ``config.json``: the run's settings;
-- ``log.csv``: one row per logged step (``task, epoch, step, time_s`` and one column per scalar);
+- ``log.csv``: one row per logged step: ``task, epoch, step``, ``time_s`` (seconds since this
+  process started reporting) and one column per scalar;
 - ``tensorboard/``: the same scalars, the per-task ``A`` and sample grids, when the optional
   ``tensorboard`` package is installed (without it this output is skipped, silently: the CSV
   holds the same numbers);
 - ``samples_task{t}.png``: a grid of generated samples after task ``t``;
 - ``accuracy_matrix.png``: heatmap of the accuracy matrix so far;
-- ``metrics.json``: the document of :meth:`dgm.metrics.RunMetrics.summary`.
+- ``metrics.json``: the document of :func:`dgm.metrics.build_metrics`.
 
 Every file except the appended CSV is replaced atomically, so an interrupted run never leaves a
 half-written PNG or JSON. Progress bars (tqdm) go to stderr.
@@ -131,7 +132,7 @@ class Reporter:
 
     def task_end(self, task: int, metrics: dict, samples: torch.Tensor, sample_nrow: int) -> None:
         """Write the samples grid of ``task`` (``samples``: ``[N, C, H, W]`` in ``[-1, 1]``), the
-        accuracy heatmap and ``metrics.json`` (a :meth:`~dgm.metrics.RunMetrics.summary`)."""
+        accuracy heatmap and ``metrics.json`` (from :func:`~dgm.metrics.build_metrics`)."""
         from torchvision.utils import make_grid, save_image
 
         self.flush()
