@@ -155,8 +155,6 @@ def _logged_losses(out, task):
     return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
 
 
-@pytest.mark.xfail(strict=True, reason="dgm.trainer.run builds the generator before seeding any RNG, so its "
-                                       "initial weights (and the whole run) differ between runs of one seed")
 def test_resume_continues_as_the_unbroken_run(two_task_run, tmp_path, capsys):
     full_out = two_task_run[0]
     full = json.loads((full_out / "metrics.json").read_text())
