@@ -64,15 +64,72 @@ def _swizzle(pid, num_a, num_b, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _mask_tile(w, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK: tl.constexpr):
-    """``w`` times its mask at weight coordinates ``(wr, wc)``, computed in registers."""
+def _bit(bits_ptr, off, wc, ok):
+    """Bit ``wc % 8`` of the packed byte at ``bits_ptr + off`` (``off`` addresses byte ``wc // 8``)."""
+    byte = tl.load(bits_ptr + off, mask=ok, other=0).to(tl.int32)
+    return ((byte >> (wc & 7)) & 1) != 0
+
+
+@triton.jit
+def _mask_tile(w, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, MASK: tl.constexpr):
+    """``w`` times its mask, computed in registers: ``l_off`` addresses the logits of each entry,
+    ``b_off`` its packed byte, ``wc`` is its column in the 2-D weight matrix (see :mod:`dgm.bits`)."""
     if MASK == 1:
-        lg = tl.load(l_ptr + wr * sl_0 + wc * sl_1, mask=ok, other=0.0).to(tl.float32)
+        lg = tl.load(l_ptr + l_off, mask=ok, other=0.0).to(tl.float32)
         w = (w.to(tl.float32) * tl.sigmoid(lg * s)).to(w.dtype)
     elif MASK == 2:
-        byte = tl.load(bits_ptr + wr * sb_0 + (wc >> 3) * sb_1, mask=ok, other=0).to(tl.int32)
-        w = tl.where(((byte >> (wc & 7)) & 1) != 0, w, tl.zeros_like(w))
+        w = tl.where(_bit(bits_ptr, b_off, wc, ok), w, tl.zeros_like(w))
     return w
+
+
+@triton.jit
+def load_masked_weight(w_ptr, w_off, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, MASK: tl.constexpr):
+    """A weight tile with its mask applied in registers (the k-loop operand of every masked GEMM)."""
+    w = tl.load(w_ptr + w_off, mask=ok, other=0.0)
+    return _mask_tile(w, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, MASK)
+
+
+@triton.jit
+def grad_mask_epilogue(g, ok, wc, w_ptr, w_off, l_ptr, l_off, bits_ptr, b_off, gl_ptr, gl_off, s,
+                       MASK: tl.constexpr, WRITE_L: tl.constexpr):
+    """From the weight-gradient GEMM ``G``: stores ``grad_logits = G * W * s * m * (1 - m)`` (soft
+    mask) and returns ``G * m``, the weight gradient before the freeze."""
+    if MASK == 1:
+        m = tl.sigmoid(tl.load(l_ptr + l_off, mask=ok, other=0.0).to(tl.float32) * s)
+        if WRITE_L:
+            w = tl.load(w_ptr + w_off, mask=ok, other=0.0).to(tl.float32)
+            tl.store(gl_ptr + gl_off, (g * w * s * m * (1.0 - m)).to(gl_ptr.dtype.element_ty), mask=ok)
+        g = g * m
+    else:
+        g = _mask_tile(g, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, MASK)
+    return g
+
+
+@triton.jit
+def freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, gw_off, fbits_ptr, fb_off, fout_ptr, fin_ptr,
+                 COLS_PER_UNIT: tl.constexpr, FROZEN: tl.constexpr, OUT_ON_ROWS: tl.constexpr,
+                 HAS_IN_RES: tl.constexpr):
+    """Zero the reserved entries of the weight-gradient tile (packed frozen bits, or HAT's reserved
+    ``out_i & in_j``; ``COLS_PER_UNIT`` columns per unit) and store it."""
+    ok = r_ok[:, None] & c_ok[None, :]
+    if FROZEN == 1:
+        gw = tl.where(_bit(fbits_ptr, fb_off, offs_c[None, :], ok), 0.0, gw)
+    elif FROZEN == 2:
+        if OUT_ON_ROWS:
+            out_u = offs_r[:, None]
+            in_u = offs_c[None, :] // COLS_PER_UNIT
+            out_ok = r_ok[:, None]
+            in_ok = c_ok[None, :]
+        else:
+            out_u = offs_c[None, :] // COLS_PER_UNIT
+            in_u = offs_r[:, None]
+            out_ok = c_ok[None, :]
+            in_ok = r_ok[:, None]
+        frozen = tl.load(fout_ptr + out_u, mask=out_ok, other=0) != 0
+        if HAS_IN_RES:
+            frozen = frozen & (tl.load(fin_ptr + in_u, mask=in_ok, other=0) != 0)
+        gw = tl.where(frozen, 0.0, gw)
+    tl.store(gw_ptr + gw_off, gw.to(gw_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -91,8 +148,8 @@ def _k_loop(acc, a_ptr, rows, sel, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, s
             wr = offs_k[:, None]
             wc = offs_n[None, :]
         ok = k_ok[:, None] & n_ok[None, :]
-        w = tl.load(w_ptr + wr * sw_0 + wc * sw_1, mask=ok, other=0.0)
-        w = _mask_tile(w, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK)
+        w = load_masked_weight(w_ptr, wr * sw_0 + wc * sw_1, ok, wc, l_ptr, wr * sl_0 + wc * sl_1, bits_ptr,
+                               wr * sb_0 + (wc >> 3) * sb_1, s, MASK)
         acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
     return acc
 
@@ -177,6 +234,7 @@ def _masked_wgrad_kernel(
     ok = r_ok[:, None] & c_ok[None, :]
     wr = offs_r[:, None]
     wc = offs_c[None, :]
+    b_off = wr * sb_0 + (wc >> 3) * sb_1
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
         # One reduction per task segment of the sorted rows, each added under its own bits.
@@ -186,40 +244,17 @@ def _masked_wgrad_kernel(
             if end > start:
                 g = _b_loop(tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32), start, end, p_ptr, sp_b, sp_r,
                             q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok, PER_ROW, PREC, BLOCK_B)
-                acc += _mask_tile(g, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr + t * sb_t, sb_0, sb_1, s, 2)
+                acc += _mask_tile(g, ok, wc, l_ptr, 0, bits_ptr + t * sb_t, b_off, s, 2)
         gw = acc
     else:
         acc = _b_loop(acc, 0, B, p_ptr, sp_b, sp_r, q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok,
                       PER_ROW, PREC, BLOCK_B)
-        if MASK == 1:
-            m = tl.sigmoid(tl.load(l_ptr + wr * sl_0 + wc * sl_1, mask=ok, other=0.0).to(tl.float32) * s)
-            if WRITE_L:
-                w = tl.load(w_ptr + wr * sw_0 + wc * sw_1, mask=ok, other=0.0).to(tl.float32)
-                gl = acc * w * s * m * (1.0 - m)
-                tl.store(gl_ptr + wr * sgl_0 + wc * sgl_1, gl.to(gl_ptr.dtype.element_ty), mask=ok)
-            gw = acc * m
-        else:
-            gw = _mask_tile(acc, wr, wc, ok, l_ptr, sl_0, sl_1, bits_ptr, sb_0, sb_1, s, MASK)
+        gw = grad_mask_epilogue(acc, ok, wc, w_ptr, wr * sw_0 + wc * sw_1, l_ptr, wr * sl_0 + wc * sl_1, bits_ptr,
+                                b_off, gl_ptr, wr * sgl_0 + wc * sgl_1, s, MASK, WRITE_L)
     if WRITE_W:
-        if FROZEN == 1:
-            byte = tl.load(fbits_ptr + wr * sf_0 + (wc >> 3) * sf_1, mask=ok, other=0).to(tl.int32)
-            gw = tl.where(((byte >> (wc & 7)) & 1) != 0, 0.0, gw)
-        elif FROZEN == 2:
-            if OUT_ON_ROWS:
-                out_u = offs_r[:, None]
-                in_u = offs_c[None, :] // COLS_PER_UNIT
-                out_ok = r_ok[:, None]
-                in_ok = c_ok[None, :]
-            else:
-                out_u = offs_c[None, :] // COLS_PER_UNIT
-                in_u = offs_r[:, None]
-                out_ok = c_ok[None, :]
-                in_ok = r_ok[:, None]
-            frozen = tl.load(fout_ptr + out_u, mask=out_ok, other=0) != 0
-            if HAS_IN_RES:
-                frozen = frozen & (tl.load(fin_ptr + in_u, mask=in_ok, other=0) != 0)
-            gw = tl.where(frozen, 0.0, gw)
-        tl.store(gw_ptr + wr * sgw_0 + wc * sgw_1, gw.to(gw_ptr.dtype.element_ty), mask=ok)
+        freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, wr * sgw_0 + wc * sgw_1, fbits_ptr,
+                     wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, COLS_PER_UNIT, FROZEN, OUT_ON_ROWS,
+                     HAS_IN_RES)
 
 
 def _strides(t: torch.Tensor | None) -> tuple[int, int]:

@@ -1,0 +1,324 @@
+"""Masked conv2d and conv-transpose2d as implicit GEMMs in Triton, the mask formed in registers.
+
+Three kernels, sharing the mask helpers of :mod:`.masked_matmul`:
+
+* :func:`conv_mm` -- a *direct* conv (``y = conv2d(x, W_eff)``; the forward of a conv and the
+  input gradient of a conv-transpose) or a *transposed* conv (``conv_transpose2d``; the forward
+  of a conv-transpose and the input gradient of a conv). ``M`` runs over output pixels
+  ``(batch, oh, ow)``, ``N`` over output channels, ``K`` over ``(channel, kh, kw)``; the A tile is
+  gathered from the input through its strides (no im2col buffer), the weight tile is read and
+  masked like the linear's. The epilogue adds the bias and scales each unit (DGMa).
+* :func:`conv_wgrad` -- the weight gradient ``G[r, (a, kh, kw)] = sum P[b, r, h, w] *
+  Q[b, a, h * stride - pad + kh * dil, ...]`` (``P, Q = dY, X`` for a conv, ``X, dY`` for a
+  conv-transpose) with the epilogue of the linear weight gradient (``grad_W`` masked and frozen,
+  ``grad_logits``).
+
+A transposed conv is computed by sub-pixel phases, not by gathering every tap: output pixels
+``oh = r + stride * i`` of one phase ``r`` only meet the taps ``kh = kh0 + j * step`` for which
+``oh + pad - kh * dil`` is a multiple of ``stride``, and those read ``ih = i + base - j * dil'``.
+Each program works on one phase (grid axis 1), so its K loop has only live taps: a stride-2
+4x4 conv-transpose runs four dense 2x2 convs instead of one 4x4 conv of which 3/4 of the
+products would be zeros. A direct conv is the single phase ``r = 0`` with every tap.
+
+Weights, logits and activations are read through their 4-D strides: strided views of a larger
+storage and channels_last tensors are used as they are (no copy). Packed bits address the 2-D
+weight matrix ``(shape[0], rest)`` of :mod:`dgm.bits`; with ``perm``/``sorted_task`` (replay)
+each batch row uses its task's bits, as in :mod:`.masked_matmul`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .masked_matmul import (FROZEN_BITS, FROZEN_NONE, FROZEN_UNITS, MASK_BITS, MASK_NONE, MASK_SOFT, _bit_strides,
+                            _configs, _swizzle, freeze_store, grad_mask_epilogue, input_precision, load_masked_weight)
+
+
+@triton.jit
+def _taps(r, stride, pad, dil, step, dstep, KS, TRANSPOSED: tl.constexpr):
+    """Along one spatial axis, for phase ``r``: ``(k0, step, n, a, base, d)`` -- tap ``j`` is kernel
+    index ``k0 + j * step``, there are ``n`` taps, and output index ``i`` of the phase reads input
+    ``i * a + base + j * d``."""
+    if TRANSPOSED:
+        k0 = step
+        for j in range(0, step):
+            k0 = tl.where(((r + pad - j * dil) % stride == 0) & (k0 == step), j, k0)
+        n = tl.where(k0 < step, tl.maximum((KS - k0 + step - 1) // step, 0), 0)
+        return k0, step, n, 1, (r + pad - k0 * dil) // stride, -dstep
+    else:
+        return 0, 1, KS, stride, -pad, dil
+
+
+@triton.jit
+def _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
+                 kh0, step_h, nh, d_h, kw0, step_w, nw, d_w, ih0, iw0, KH, KW,
+                 w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3, bits_ptr, sb_0, sb_1, s,
+                 offs_n, n_ok, MASK: tl.constexpr, TRANSPOSED: tl.constexpr, PREC: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    taps = nh * nw
+    K = C * taps
+    x_row = b * sx_b
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        c = offs_k // taps
+        t = offs_k % taps
+        th = t // nw
+        tw = t % nw
+        ih = ih0[:, None] + th[None, :] * d_h
+        iw = iw0[:, None] + tw[None, :] * d_w
+        a_ok = sel[:, None] & k_ok[None, :] & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        a = tl.load(x_ptr + x_row[:, None] + c[None, :] * sx_c + ih * sx_h + iw * sx_w, mask=a_ok, other=0.0)
+        kh = (kh0 + th * step_h)[:, None]
+        kw = (kw0 + tw * step_w)[:, None]
+        if TRANSPOSED:
+            wr = c[:, None]
+            ch = offs_n[None, :]
+        else:
+            wr = offs_n[None, :]
+            ch = c[:, None]
+        wc = (ch * KH + kh) * KW + kw
+        ok = k_ok[:, None] & n_ok[None, :]
+        w = load_masked_weight(w_ptr, wr * sw_0 + ch * sw_1 + kh * sw_2 + kw * sw_3, ok, wc,
+                               l_ptr, wr * sl_0 + ch * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr,
+                               wr * sb_0 + (wc >> 3) * sb_1, s, MASK)
+        acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
+    return acc
+
+
+@triton.autotune(configs=_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+                 key=["C", "N", "IH", "IW", "OH", "OW", "KH", "KW", "MASK", "PER_ROW", "TRANSPOSED"])
+@triton.jit
+def _conv_kernel(
+        x_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, task_ptr, bias_ptr, scale_ptr, pre_ptr, y_ptr,
+        BATCH, C, IH, IW, N, OH, OW, KH, KW, s,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w, dstep_h, dstep_w,
+        sx_b, sx_c, sx_h, sx_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3, sb_t, sb_0, sb_1,
+        ss_b, ss_n, sy_b, sy_n, sy_h, sy_w,
+        MASK: tl.constexpr, PER_ROW: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    if TRANSPOSED:
+        rh = tl.program_id(1) // stride_w
+        rw = tl.program_id(1) % stride_w
+        out_h = (OH - rh + stride_h - 1) // stride_h
+        out_w = (OW - rw + stride_w - 1) // stride_w
+        pix_h = stride_h
+        pix_w = stride_w
+    else:
+        rh = 0
+        rw = 0
+        out_h = OH
+        out_w = OW
+        pix_h = 1
+        pix_w = 1
+    kh0, tap_h, nh, a_h, base_h, d_h = _taps(rh, stride_h, pad_h, dil_h, step_h, dstep_h, KH, TRANSPOSED)
+    kw0, tap_w, nw, a_w, base_w, d_w = _taps(rw, stride_w, pad_w, dil_w, step_w, dstep_w, KW, TRANSPOSED)
+    # The grid covers the largest phase; the others mask their spare rows.
+    M = BATCH * out_h * out_w
+    M_grid = BATCH * ((OH + pix_h - 1) // pix_h) * ((OW + pix_w - 1) // pix_w)
+    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(M_grid, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    bi = offs_m // (out_h * out_w)
+    i = (offs_m // out_w) % out_h
+    j = offs_m % out_w
+    ih0 = i * a_h + base_h
+    iw0 = j * a_w + base_w
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PER_ROW:
+        b = tl.load(perm_ptr + bi, mask=m_ok, other=0).to(tl.int64)
+        tasks = tl.load(task_ptr + bi, mask=m_ok, other=-1)
+        t_lo = tl.min(tl.where(m_ok, tasks, 2147483647), axis=0)
+        t_hi = tl.max(tasks, axis=0) + 1
+        for t in range(t_lo, t_hi):
+            sel = m_ok & (tasks == t)
+            if tl.sum(sel.to(tl.int32), axis=0) > 0:
+                acc = _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
+                                   kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, ih0, iw0, KH, KW,
+                                   w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3,
+                                   bits_ptr + t * sb_t, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
+    else:
+        b = bi.to(tl.int64)
+        acc = _conv_k_loop(acc, x_ptr, b, i, j, m_ok, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
+                           kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, ih0, iw0, KH, KW,
+                           w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3,
+                           bits_ptr, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
+    oh = rh + i * pix_h
+    ow = rw + j * pix_w
+    c_ok = m_ok[:, None] & n_ok[None, :]
+    y_off = (b * sy_b + oh * sy_h + ow * sy_w)[:, None] + offs_n[None, :] * sy_n
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if WRITE_PRE:
+        tl.store(pre_ptr + y_off, acc.to(pre_ptr.dtype.element_ty), mask=c_ok)
+    if HAS_SCALE:
+        acc *= tl.load(scale_ptr + b[:, None] * ss_b + offs_n[None, :] * ss_n, mask=c_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=c_ok)
+
+
+@triton.jit
+def _wgrad_loop(acc, start, end, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w, perm_ptr,
+                PH, PW, QH, QW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
+                PER_ROW: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr):
+    """``acc += P^T Q`` over the flattened ``(batch, h, w)`` positions ``[start, end)`` of P."""
+    for l0 in range(start, end, BLOCK_B):
+        offs_l = l0 + tl.arange(0, BLOCK_B)
+        l_ok = offs_l < end
+        bi = offs_l // (PH * PW)
+        h = (offs_l // PW) % PH
+        w = offs_l % PW
+        if PER_ROW:
+            b = tl.load(perm_ptr + bi, mask=l_ok, other=0).to(tl.int64)
+        else:
+            b = bi.to(tl.int64)
+        pos = b * sp_b + h * sp_h + w * sp_w
+        p = tl.load(p_ptr + pos[None, :] + offs_r[:, None] * sp_c, mask=r_ok[:, None] & l_ok[None, :], other=0.0)
+        qh = (h * stride_h - pad_h)[:, None] + kh * dil_h
+        qw = (w * stride_w - pad_w)[:, None] + kw * dil_w
+        q_ok = l_ok[:, None] & c_ok[None, :] & (qh >= 0) & (qh < QH) & (qw >= 0) & (qw < QW)
+        q = tl.load(q_ptr + (b * sq_b)[:, None] + a * sq_c + qh * sq_h + qw * sq_w, mask=q_ok, other=0.0)
+        acc = tl.dot(p, q, acc, input_precision=PREC)
+    return acc
+
+
+@triton.autotune(configs=_configs("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
+                 key=["R", "A", "PH", "PW", "QH", "QW", "KH", "KW", "MASK", "PER_ROW", "FROZEN"])
+@triton.jit
+def _conv_wgrad_kernel(
+        p_ptr, q_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr, gw_ptr, gl_ptr,
+        R, A, KH, KW, BATCH, PH, PW, QH, QW, T, s,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        sp_b, sp_c, sp_h, sp_w, sq_b, sq_c, sq_h, sq_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3,
+        sb_t, sb_0, sb_1, sf_0, sf_1, sgw_0, sgw_1, sgw_2, sgw_3, sgl_0, sgl_1, sgl_2, sgl_3,
+        MASK: tl.constexpr, PER_ROW: tl.constexpr, FROZEN: tl.constexpr, OUT_ON_ROWS: tl.constexpr,
+        HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, PREC: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
+    C = A * KH * KW
+    pid_r, pid_c = _swizzle(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.cdiv(C, BLOCK_C), GROUP_R)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    r_ok = offs_r < R
+    c_ok = offs_c < C
+    ok = r_ok[:, None] & c_ok[None, :]
+    a = (offs_c // (KH * KW))[None, :]
+    kh = ((offs_c // KW) % KH)[None, :]
+    kw = (offs_c % KW)[None, :]
+    wr = offs_r[:, None]
+    wc = offs_c[None, :]
+    b_off = wr * sb_0 + (wc >> 3) * sb_1
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    if PER_ROW:
+        # One reduction per task segment of the sorted batch, each added under its own bits.
+        for t in range(0, T):
+            start = tl.load(off_ptr + t) * PH * PW
+            end = tl.load(off_ptr + t + 1) * PH * PW
+            if end > start:
+                g = _wgrad_loop(tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32), start, end, p_ptr,
+                                sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w, perm_ptr, PH, PW, QH, QW,
+                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
+                                PER_ROW, PREC, BLOCK_B)
+                acc += grad_mask_epilogue(g, ok, wc, w_ptr, 0, l_ptr, 0, bits_ptr + t * sb_t, b_off, gl_ptr, 0, s,
+                                          2, False)
+        gw = acc
+    else:
+        acc = _wgrad_loop(acc, 0, BATCH * PH * PW, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w,
+                          perm_ptr, PH, PW, QH, QW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok,
+                          a, kh, kw, c_ok, PER_ROW, PREC, BLOCK_B)
+        gw = grad_mask_epilogue(acc, ok, wc, w_ptr, wr * sw_0 + a * sw_1 + kh * sw_2 + kw * sw_3,
+                                l_ptr, wr * sl_0 + a * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr, b_off,
+                                gl_ptr, wr * sgl_0 + a * sgl_1 + kh * sgl_2 + kw * sgl_3, s, MASK, WRITE_L)
+    if WRITE_W:
+        freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, wr * sgw_0 + a * sgw_1 + kh * sgw_2 + kw * sgw_3,
+                     fbits_ptr, wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, KH * KW, FROZEN, OUT_ON_ROWS,
+                     HAS_IN_RES)
+
+
+def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
+    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
+
+
+def _phase_steps(stride: int, dil: int) -> tuple[int, int]:
+    """Tap step and input step between live taps of one transposed-conv phase along an axis."""
+    g = math.gcd(stride, dil)
+    return stride // g, dil // g
+
+
+def output_format(x: torch.Tensor) -> torch.memory_format:
+    """The output keeps a channels_last input's layout, as cuDNN's convs do."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, transposed: bool,
+            stride, padding, dilation, logits=None, s: float = 1.0, bits=None, perm=None, sorted_task=None,
+            bias=None, scale=None, write_pre: bool = False):
+    """``conv2d`` (``transposed=False``, weight ``[N, C, kh, kw]``) or ``conv_transpose2d``
+    (weight ``[C, N, kh, kw]``) of ``x`` ``[B, C, H, W]`` with the masked weight, output spatial
+    size ``out_hw``, in ``x``'s memory format. ``scale`` is ``[N]`` or ``[B, N]``. Returns
+    ``(y, pre)``, ``pre`` (before the scale) only when ``write_pre``."""
+    B, C, IH, IW = x.shape
+    N = weight.shape[1] if transposed else weight.shape[0]
+    KH, KW = weight.shape[2:]
+    OH, OW = out_hw
+    y = torch.empty((B, N, OH, OW), device=x.device, dtype=x.dtype, memory_format=output_format(x))
+    pre = torch.empty_like(y) if write_pre else None
+    if y.numel() == 0:
+        if pre is not None:
+            pre.zero_()
+        return y.zero_(), pre
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    step_h, dstep_h = _phase_steps(sh, dh)
+    step_w, dstep_w = _phase_steps(sw, dw)
+    phases = sh * sw if transposed else 1
+    rows = B * (triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else OH * OW)
+    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
+    scale_strides = (0, 0) if scale is None else (0, scale.stride(0)) if scale.dim() == 1 else tuple(scale.stride())
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), phases)  # noqa: E731
+    _conv_kernel[grid](
+        x, weight, logits, bits, perm, sorted_task, bias, scale, pre, y,
+        B, C, IH, IW, N, OH, OW, KH, KW, float(s),
+        sh, sw, ph, pw, dh, dw, step_h, step_w, dstep_h, dstep_w,
+        *x.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits), *scale_strides, *y.stride(),
+        MASK=mask, PER_ROW=perm is not None, TRANSPOSED=transposed, HAS_BIAS=bias is not None,
+        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=input_precision(x.dtype),
+    )
+    return y, pre
+
+
+def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride, padding, dilation, logits=None,
+               s: float = 1.0, bits=None, perm=None, task_offsets=None, frozen_bits=None, frozen_out=None,
+               frozen_in=None, out_on_rows: bool = True, write_w: bool = True, write_logits: bool = False):
+    """``G[r, a, kh, kw] = sum P[b, r, h, w] Q[b, a, h * stride - pad + kh * dil, ...]`` (the
+    weight's shape) with the masked-gradient epilogue. Returns ``(grad_w, grad_logits)``, each
+    ``None`` unless asked for; ``frozen_in=None`` with ``frozen_out`` means every input is reserved."""
+    R, A, KH, KW = weight.shape
+    B, _, PH, PW = p.shape
+    QH, QW = q.shape[2:]
+    gw = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype) if write_w else None
+    gl = torch.empty(logits.shape, device=weight.device, dtype=logits.dtype) if write_logits else None
+    if weight.numel() == 0 or not (write_w or write_logits):
+        return gw, gl
+    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
+    frozen = FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
+    as_u8 = lambda t: None if t is None else t.view(torch.uint8) if t.dtype == torch.bool else t  # noqa: E731
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    cols = A * KH * KW
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(cols, meta["BLOCK_C"]),)  # noqa: E731
+    _conv_wgrad_kernel[grid](
+        p, q, weight, logits, bits, perm, task_offsets, frozen_bits, as_u8(frozen_out), as_u8(frozen_in), gw, gl,
+        R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, float(s),
+        sh, sw, ph, pw, dh, dw,
+        *p.stride(), *q.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits),
+        *(frozen_bits.stride() if frozen_bits is not None else (0, 0)), *_strides4(gw), *_strides4(gl),
+        MASK=mask, PER_ROW=perm is not None, FROZEN=frozen, OUT_ON_ROWS=out_on_rows,
+        HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, PREC=input_precision(p.dtype),
+    )
+    return gw, gl
