@@ -11,6 +11,8 @@ ops natively (``dgm._C``) and :mod:`dgm.ops` dispatches to it when available.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
@@ -28,13 +30,13 @@ def pack(mask: torch.Tensor) -> torch.Tensor:
     if mask.dim() < 1:
         raise ValueError("pack: mask must have at least one dimension (rows)")
     rows = mask.shape[0]
-    flat = mask.reshape(rows, -1)
-    cols = flat.shape[1]
+    cols = mask[0].numel() if rows else math.prod(mask.shape[1:])
+    flat = mask.reshape(rows, cols)
     pad = packed_cols(cols) * 8 - cols
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
-    groups = flat.reshape(rows, -1, 8).to(torch.uint8)
-    return (groups << _SHIFTS.to(mask.device)).sum(dim=-1, dtype=torch.uint8)
+    groups = flat.reshape(rows, packed_cols(cols), 8).to(torch.uint8)
+    return (groups << _SHIFTS.to(mask.device)).sum(dim=-1, dtype=torch.uint8).reshape(rows, packed_cols(cols))
 
 
 def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
@@ -42,17 +44,14 @@ def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Ten
     if bits.dtype != torch.uint8:
         raise TypeError(f"unpack: bits must be uint8, got dtype {bits.dtype}")
     shape = tuple(shape)
-    rows = shape[0]
-    cols = 1
-    for d in shape[1:]:
-        cols *= d
+    rows, cols = shape[0], math.prod(shape[1:])
     if bits.shape != (rows, packed_cols(cols)):
         raise ValueError(
             f"unpack: bits of shape {tuple(bits.shape)} do not hold a mask of shape {shape}; "
             f"expected ({rows}, {packed_cols(cols)})"
         )
     expanded = (bits.unsqueeze(-1) >> _SHIFTS.to(bits.device)) & 1
-    return expanded.reshape(rows, -1)[:, :cols].bool().reshape(shape)
+    return expanded.reshape(rows, packed_cols(cols) * 8)[:, :cols].bool().reshape(shape)
 
 
 def popcount(bits: torch.Tensor) -> int:

@@ -29,8 +29,9 @@ def reserved_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
 class ReservedGuard:
     """Keep ``optimizer`` off the reserved entries of ``model``'s masked layers.
 
-    Call :meth:`refresh` after the model consolidates, grows or is loaded (the guard reads the
-    masks once, not per step). Removing the guard: :meth:`remove`.
+    The guard reads the masks once and again whenever a masked layer consolidates, grows or
+    loads (each layer counts its changes in ``version``), not at every step. Removing the guard:
+    :meth:`remove`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: nn.Module):
@@ -41,7 +42,12 @@ class ReservedGuard:
                          optimizer.register_step_post_hook(self._restore)]
 
     def refresh(self) -> None:
+        """Read the reserved masks now (done automatically when a layer changes)."""
         self._masks = reserved_masks(self.model)
+        self._stamp = self._versions()
+
+    def _versions(self):
+        return [(id(m), m.version) for m in self.model.modules() if isinstance(m, MaskedLayer)]
 
     def _tensors(self, p):
         state = self.optimizer.state.get(p, {})
@@ -49,6 +55,8 @@ class ReservedGuard:
 
     @torch.no_grad()
     def _save(self, *_):
+        if self._versions() != self._stamp:
+            self.refresh()
         self._saved = {p: [t[m].clone() for t in self._tensors(p)] for p, m in self._masks.items()}
 
     @torch.no_grad()

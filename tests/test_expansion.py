@@ -197,7 +197,6 @@ def test_regrow_parameter_without_state_or_optimizer():
     assert bias.shape == (4,) and module.bias is bias
 
 
-@pytest.mark.xfail(strict=True, reason="bug B6: expand zeroes every mask logit, not only the new ones")
 @pytest.mark.parametrize("kind", KINDS)
 def test_expand_keeps_old_mask_logits(kind):
     layer = LAYERS["conv2d"][0](kind)

@@ -261,7 +261,6 @@ def test_activation_rows_ignore_inputs_beyond_task_width(spec):
                                    rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B5: per-row forward crashes on an empty batch")
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_row_forward_of_an_empty_batch(spec, kind):

@@ -250,7 +250,6 @@ def test_linear_with_leading_dims_scales_the_last_dim(per_row):
     torch.testing.assert_close(reference.linear(x, w, b, unit_scale=scale), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="bug B5: per-row ops crash on an empty batch")
 @pytest.mark.parametrize("name", ["linear", "conv2d", "conv_transpose2d"])
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_row_task_on_an_empty_batch(name, with_scale):

@@ -77,6 +77,7 @@ class MaskedLayer(nn.Module):
             self.register_buffer(name, None)
         self._free = 0
         self._rows_cache = None
+        self.version = 0
         self.reset_parameters()
         self._update_free()
 
@@ -215,16 +216,11 @@ class MaskedLayer(nn.Module):
             y = self._call_op(x, weight, None, bits=weight_bits, row_task=row_task)
             if bias is None:
                 return y
-            row_bias = (bias * bias_masks)[row_task]
-            ones = (1,) * (y.dim() - 2)
-            shape = (y.shape[0],) + ones + (-1,) if self._OP == "linear" else (y.shape[0], -1) + ones
-            return y + row_bias.reshape(shape)
+            return y + _per_row((bias * bias_masks)[row_task], y, self._OP == "linear")
         # A task's units cover only the inputs it had: zero the newer ones for its rows (DGMw does
         # this through its bits).
-        in_masks = self._row_masks()[3][row_task]
-        ones = (1,) * (x.dim() - 2)
-        shape = (x.shape[0],) + ones + (-1,) if self._OP == "linear" else (x.shape[0], -1) + ones
-        return self._call_op(x * in_masks.reshape(shape), weight, bias, unit_scale=self._own_unit_mask(row_task))
+        in_masks = _per_row(self._row_masks()[3][row_task], x, self._OP == "linear")
+        return self._call_op(x * in_masks, weight, bias, unit_scale=self._own_unit_mask(row_task))
 
     def unit_mask(self, task: int | torch.Tensor | None = None) -> torch.Tensor:
         """DGMa mask over output units for ``task``: soft ``sigmoid(s * e)`` ``[out]`` for the task
@@ -318,6 +314,7 @@ class MaskedLayer(nn.Module):
         if reserved_in is not None and reserved_in.shape != (self.in_units,):
             raise ValueError(f"reserved_in must have shape ({self.in_units},), got {tuple(reserved_in.shape)}")
         self.reserved_in_units = None if reserved_in is None else reserved_in.to(torch.bool).clone()
+        self._changed()
 
     @torch.no_grad()
     def consolidate(self) -> None:
@@ -365,6 +362,7 @@ class MaskedLayer(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def _changed(self) -> None:
+        self.version += 1  # consumers of the reserved masks (ReservedGuard) refresh on change
         self._rows_cache = None
         self._update_free()
 
@@ -373,7 +371,7 @@ class MaskedLayer(nn.Module):
         """Grow by ``out_extra`` output and ``in_extra`` input units, in place where capacity allows.
 
         New weights are initialised like :meth:`reset_parameters`, new mask logits are zero; old
-        values are untouched. If the storage must grow, it doubles (or more), and ``optimizer``'s
+        values (weights and the current task's logits) are untouched. If the storage must grow, it doubles (or more), and ``optimizer``'s
         state of the regrown parameters moves with them.
         """
         if out_extra < 0 or in_extra < 0:
@@ -402,10 +400,15 @@ class MaskedLayer(nn.Module):
         active.copy_(fresh)
         if self.bias is not None:
             self._init_bias_(self.bias[old_out:new_out])
-        for name in ("mask_logits", "bias_logits", "unit_logits"):
+        if self.mask == "weight":
+            logits = self._view(self.mask_logits, new_out, new_in)
+            kept = logits[: old_shape[0], : old_shape[1]].clone()
+            logits.zero_()
+            logits[: old_shape[0], : old_shape[1]] = kept
+        for name in ("bias_logits", "unit_logits"):
             p = getattr(self, name, None)
             if p is not None:
-                p.zero_()
+                p[old_out:new_out] = 0
         if self.reserved_bits is not None:
             self.reserved_bits = _bits.pack(_pad_to(_bits.unpack(self.reserved_bits, old_shape), active.shape))
         for name in ("reserved_bias", "reserved_units"):
@@ -452,6 +455,14 @@ class MaskedLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"mask={self.mask!r}, task={self.task}, active=(out={self.out_units}, in={self.in_units}), "
                 f"s_max={self.s_max:g}, backend={self.backend!r}")
+
+
+def _per_row(t: torch.Tensor, like: torch.Tensor, units_last: bool) -> torch.Tensor:
+    """Per-row unit values ``t[batch, units]`` shaped to broadcast against ``like``: units on the
+    last dimension (linear) or on dimension 1 (conv)."""
+    ones = (1,) * (like.dim() - 2)
+    shape = (t.shape[0],) + ones + (t.shape[1],) if units_last else (t.shape[0], t.shape[1]) + ones
+    return t.reshape(shape)
 
 
 def _pad_to(t: torch.Tensor, shape) -> torch.Tensor:

@@ -68,7 +68,7 @@ def _scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
     if unit_scale is None:
         return y
     shape = [1] * y.dim()
-    shape[unit_dim] = -1
+    shape[unit_dim] = y.shape[unit_dim]
     if unit_scale.dim() == 2:
         shape[0] = unit_scale.shape[0]
     return y * unit_scale.reshape(shape)
@@ -76,7 +76,9 @@ def _scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
 
 def _apply(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale, out_dim,
            unit_dim=1):
-    if row_task is None:
+    if row_task is None or row_task.numel() == 0:
+        if row_task is not None:  # an empty batch: any task's mask gives the same empty output
+            bits = bits[0]
         w = effective_weight(weight, logits=logits, s=s, bits=bits, frozen_bits=frozen_bits,
                              frozen_units=frozen_units, out_dim=out_dim)
         return _scale_units(op(x, w, bias), unit_scale, unit_dim)
