@@ -198,3 +198,22 @@ def test_grown_layer_matches_reference(mask, device):
                 assert gp[name] is None, name
             else:
                 assert rel_err(gp[name], grad) < 1e-5, name
+
+
+def test_compiles_in_one_graph():
+    """torch.compile traces the autograd function and both fused ops without a graph break."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(4, 6, 5, 5, generator=g, requires_grad=True)
+    storage = torch.randn(9, 9, 4, 4, generator=g, requires_grad=True)
+    logits = torch.randn(6, 7, 4, 4, generator=g, requires_grad=True)
+    frozen = _bits.pack(torch.rand(6, 7, 4, 4, generator=g) < 0.3)
+
+    def loss(x, storage, logits):
+        y = ext.conv_transpose2d(x, storage[:6, :7], None, 2, 1, logits=logits, s=2.0, frozen_bits=frozen)
+        return y.square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    out, out_ref = compiled(x, storage, logits), loss(x, storage, logits)
+    assert rel_err(out, out_ref) < 1e-6
+    for a, b in zip(torch.autograd.grad(out, (x, storage, logits)), torch.autograd.grad(out_ref, (x, storage, logits))):
+        assert rel_err(a, b) < 1e-6

@@ -130,6 +130,15 @@ def test_mixed_dtypes_and_missing_grads():
     assert idle not in opt.state
 
 
+def test_step_op_is_registered_for_torch_compile():
+    """Schema (which lists it mutates), fake kernel and their agreement, as torch checks them."""
+    ps = [torch.randn(4, 5), torch.randn(3)]
+    args = (ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
+            [torch.zeros_like(p) for p in ps], [_bits.pack(torch.rand(4, 5) < 0.5), None], [-0.01, -0.02],
+            [0.1, 0.2], 0.01, 0.9, 0.999, 1e-8, 0.1, True)
+    torch.library.opcheck(torch.ops.dgm.frozen_adam_.default, args)
+
+
 def test_bad_arguments_raise():
     p = torch.randn(4, 10, requires_grad=True)
     opt = FrozenAdam([p])
