@@ -109,20 +109,14 @@ def check_device(device: str) -> None:
 
 
 def resolve_fused(device: str) -> str:
-    """The backend ``--fused`` means on ``device``: the fastest fused one on a CUDA device; the
-    reference, with one warning on stderr, where no fused backend runs (any non-CUDA device:
-    the Triton interpreter on the CPU is for testing kernels, not for speed)."""
+    """The backend ``--fused`` means on ``device`` (:func:`dgm.ops.fastest_backend`), with one
+    warning on stderr when that is the reference."""
     dev = torch.device(device)
-    if dev.type == "cuda":
-        backend = ops.fastest_backend(dev)
-        if any(ops.resolve(backend, op, dev) != "reference" for op in ops.OPS):
-            return backend
-        why = "; ".join(filter(None, (ops.unavailable_reason(b, "linear", dev) for b in ("triton", "cuda"))))
-    else:
-        why = "the fused kernels need a CUDA GPU"
-    print(f"{PROG}: warning: --fused: no fused backend runs on {dev} ({why}); "
-          "falling back to the reference backend", file=sys.stderr)
-    return "reference"
+    backend = ops.fastest_backend(dev)
+    if backend == "reference":
+        print(f"{PROG}: warning: --fused: no fused backend runs on {dev} ({ops.fused_unavailable_reason(dev)}); "
+              "falling back to the reference backend", file=sys.stderr)
+    return backend
 
 
 def main(argv: list[str] | None = None) -> int:

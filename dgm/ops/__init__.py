@@ -74,11 +74,19 @@ def resolve(backend: str, op: str, device: torch.device) -> str:
 
 
 def fastest_backend(device: torch.device) -> str:
-    """The backend ``--fused`` asks for: the best one that runs every op on ``device``."""
-    for backend in ("triton", "cuda"):
-        if all(unavailable_reason(backend, op, device) is None for op in OPS):
-            return backend
-    return "auto"
+    """The backend ``--fused`` asks for on ``device``: ``"auto"`` (per op, the fastest that runs)
+    on a CUDA device where a fused backend runs, else ``"reference"`` (on the CPU the Triton
+    interpreter is for testing kernels, not for speed)."""
+    if device.type == "cuda" and any(resolve("auto", op, device) != "reference" for op in OPS):
+        return "auto"
+    return "reference"
+
+
+def fused_unavailable_reason(device: torch.device) -> str:
+    """Why no fused backend runs on ``device`` (for the ``--fused`` fallback warning)."""
+    if device.type != "cuda":
+        return "the fused kernels need a CUDA GPU"
+    return "; ".join(filter(None, (unavailable_reason(b, "linear", device) for b in ("triton", "cuda"))))
 
 
 def _dispatch(op: str):
@@ -97,8 +105,8 @@ linear = _dispatch("linear")
 conv2d = _dispatch("conv2d")
 conv_transpose2d = _dispatch("conv_transpose2d")
 
-__all__ = ["BACKENDS", "BackendUnavailable", "resolve", "fastest_backend", "linear", "conv2d",
-           "conv_transpose2d", "reference"]
+__all__ = ["BACKENDS", "BackendUnavailable", "resolve", "fastest_backend", "fused_unavailable_reason", "linear",
+           "conv2d", "conv_transpose2d", "reference"]
 
 
 def interpreting() -> bool:
