@@ -5,6 +5,8 @@ vs plain Adam with no reservation (``fused=True`` on a GPU, ``foreach`` on a CPU
 Group ``adam-step-<ngf>``: the generator's base width.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ def _generator_params(ngf, device):
     logits and biases a DGMw layer trains alongside."""
     chans = [100, 4 * ngf, 2 * ngf, ngf, 3]
     params = []
-    for c_in, c_out in zip(chans, chans[1:]):
+    for c_in, c_out in itertools.pairwise(chans):
         params += [torch.randn(c_in, c_out, 4, 4, device=device), torch.randn(c_in, c_out, 4, 4, device=device),
                    torch.randn(c_out, device=device)]
     for p in params:

@@ -41,8 +41,8 @@ class FrozenAdam(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        decoupled_weight_decay=bool(decoupled_weight_decay))
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "decoupled_weight_decay": bool(decoupled_weight_decay)}
         super().__init__(params, defaults)
         self.backend = backend
         self._reserved: dict[torch.Tensor, torch.Tensor] = {}

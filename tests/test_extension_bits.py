@@ -89,5 +89,6 @@ def test_missing_extension_leaves_the_backend_importable_with_a_reason():
         "    raise AssertionError('the cuda backend ran without its extension')\n"
         "assert ops.resolve('auto', 'conv2d', torch.device('cpu')) == 'reference'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr

@@ -166,7 +166,7 @@ def _apply(product, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, 
     return _scale_units(y, unit_scale, unit_dim)
 
 
-def _conv_apply(product, x, weight, bias, masks, out_dim):
+def _conv_apply(product, x, weight, bias, out_dim, **masks):
     """Conv ops accept an unbatched ``[C, H, W]`` input like ``F.conv2d``."""
     if x.dim() == 3 and masks["row_task"] is None:
         return _apply(product, x.unsqueeze(0), weight, bias, out_dim=out_dim, **masks).squeeze(0)
@@ -185,9 +185,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, l
            bits=None, row_task=None, frozen_bits=None, frozen_units=None, unit_scale=None):
     """Masked ``F.conv2d`` (see :func:`dgm.ops.reference.conv2d`); padding as ints, not strings."""
     product = _Conv(stride, padding, dilation, False, 0, groups)
-    return _conv_apply(product, x, weight, bias, dict(logits=logits, s=s, bits=bits, row_task=row_task,
-                                                      frozen_bits=frozen_bits, frozen_units=frozen_units,
-                                                      unit_scale=unit_scale), out_dim=0)
+    return _conv_apply(product, x, weight, bias, 0, logits=logits, s=s, bits=bits, row_task=row_task,
+                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
@@ -195,9 +194,8 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
                      unit_scale=None):
     """Masked ``F.conv_transpose2d`` (see :func:`dgm.ops.reference.conv_transpose2d`)."""
     product = _Conv(stride, padding, dilation, True, output_padding, groups)
-    return _conv_apply(product, x, weight, bias, dict(logits=logits, s=s, bits=bits, row_task=row_task,
-                                                      frozen_bits=frozen_bits, frozen_units=frozen_units,
-                                                      unit_scale=unit_scale), out_dim=1)
+    return _conv_apply(product, x, weight, bias, 1, logits=logits, s=s, bits=bits, row_task=row_task,
+                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale)
 
 
 # -- shapes for torch.compile (fake tensors) -------------------------------------------------------
