@@ -1,83 +1,269 @@
-"""The Triton masked convs against the reference.
+"""The Triton masked convs (implicit GEMMs) against the reference: output and every gradient.
 
-Fused are the GEMM-shaped convs: the generator's first layer (conv-transpose k=4 from a 1x1
-input) and a conv whose kernel covers its whole input. Other shapes run on the reference; one
-test checks that path stays correct.
+Shapes are small but odd (batch 3, 5 in / 7 out channels, 5x5 and 9x9 images) against 64-tiles;
+weights and logits are strided views of a larger storage, as the growing layers pass them. The
+geometries are the paper's: the generator's conv-transpose k4 s2 p1 (upsampling) and k4 s1 p0,
+the discriminator's conv k5 s2 p2, and a conv k3 s1 p1. Fused tests forbid the reference
+fallback, so they cannot pass by falling back.
 """
 
 import pytest
 import torch
 
-from test_kernels_common import check, random_bits
+import dgm.kernels as K
+import dgm.kernels.conv as conv_module
+from dgm import ops
+from dgm.ops import reference
+from test_kernels_common import TOL, check, random_bits, rel_err
 
-B, CIN, COUT, KS = 67, 37, 21, 4
+B, CIN, COUT = 3, 5, 7
+# (name, transposed, kernel, stride, padding, input size)
+GEOMETRIES = [
+    ("convT_k4s2p1", True, 4, 2, 1, 5),
+    ("convT_k4s1p0", True, 4, 1, 0, 5),
+    ("conv_k5s2p2", False, 5, 2, 2, 9),
+    ("conv_k3s1p1", False, 3, 1, 1, 9),
+]
+IDS = [g[0] for g in GEOMETRIES]
 
 
-def _store(seed, shape):
+class _NoFallback:
+    def __getattr__(self, name):
+        raise AssertionError(f"the fused conv fell back to reference.{name}")
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    """The Triton conv must not run the reference."""
+    monkeypatch.setattr(conv_module, "reference", _NoFallback())
+
+
+def _tensors(seed, geometry, channels_last=False):
+    """Inputs and the weight/logit storages; the weight is ``store[:a, :b]`` in the op's layout."""
+    _, transposed, k, _, _, size = geometry
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g)
+    rows, cols = (CIN, COUT) if transposed else (COUT, CIN)
+    x = torch.randn(B, CIN, size, size, generator=g)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    return {"x": x, "w_store": torch.randn(rows + 3, cols + 2, k, k, generator=g) / (CIN * k),
+            "l_store": 2 * torch.randn(rows + 3, cols + 2, k, k, generator=g), "bias": torch.randn(COUT, generator=g)}
 
 
-def _ct_tensors(seed):
-    return {"x": _store(seed, (B, CIN, 1, 1)), "w_store": _store(seed + 1, (CIN + 3, COUT + 5, KS, KS)) / 6,
-            "l_store": 2 * _store(seed + 2, (CIN + 3, COUT + 5, KS, KS)), "bias": _store(seed + 3, (COUT,))}
+def _weight_shape(geometry):
+    _, transposed, k, _, _, _ = geometry
+    return (CIN, COUT, k, k) if transposed else (COUT, CIN, k, k)
+
+
+def _op(geometry):
+    """``op(mod, x, weight, bias, **masks)`` running the geometry's conv of ``mod``."""
+    _, transposed, k, stride, padding, _ = geometry
+    if transposed:
+        return lambda mod, x, w, b, **m: mod.conv_transpose2d(x, w, b, stride, padding, 0, 1, 1, **m)
+    return lambda mod, x, w, b, **m: mod.conv2d(x, w, b, stride, padding, 1, 1, **m)
+
+
+def _view(store, geometry):
+    rows, cols = _weight_shape(geometry)[:2]
+    return store[:rows, :cols]
+
+
+def _frozen_entries(geometry, **kw):
+    return reference.frozen_weight_mask(torch.empty(_weight_shape(geometry)), out_dim=1 if geometry[1] else 0, **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_first_layer_conv_transpose_soft_mask(dtype):
-    t = _ct_tensors(0)
-    t["frozen"] = random_bits(CIN, COUT * KS * KS, p=0.3)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_soft_mask_with_frozen_bits(geometry, dtype, fused):
+    t = _tensors(1, geometry)
+    shape = _weight_shape(geometry)
+    t["frozen"] = random_bits(shape[0], shape[1] * shape[2] * shape[3], p=0.3)
+    op = _op(geometry)
 
     def fn(mod, x, w_store, l_store, bias, frozen):
-        return mod.conv_transpose2d(x, w_store[:CIN, :COUT], bias, 1, 0, 0, 1, 1, logits=l_store[:CIN, :COUT],
-                                    s=1.5, frozen_bits=frozen)
+        return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=1.7,
+                  frozen_bits=frozen)
 
     g = check(fn, t, dtype, grads=("x", "w_store", "l_store", "bias"))
-    assert (g["w_store"][CIN:] == 0).all()
+    gw = _view(g["w_store"], geometry)
+    frozen = _frozen_entries(geometry, frozen_bits=t["frozen"])
+    assert (gw[frozen] == 0).all() and (gw[~frozen] != 0).any()
+    rows, cols = shape[:2]
+    assert (g["w_store"][rows:] == 0).all() and (g["w_store"][:, cols:] == 0).all()
+    assert (g["l_store"][rows:] == 0).all()
 
 
-def test_first_layer_conv_transpose_activation_mask():
-    t = _ct_tensors(10)
-    t["scale"] = torch.rand(COUT)
-    t["out_res"] = torch.rand(COUT) < 0.5
-    t["in_res"] = torch.rand(CIN) < 0.5
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_bits_mask_with_frozen_bits(geometry, fused):
+    t = _tensors(2, geometry)
+    shape = _weight_shape(geometry)
+    cols = shape[1] * shape[2] * shape[3]
+    t["bits"] = random_bits(shape[0], cols)
+    t["frozen"] = random_bits(shape[0], cols, p=0.4)
+    op = _op(geometry)
 
-    def fn(mod, x, w_store, l_store, bias, scale, out_res, in_res):
-        return mod.conv_transpose2d(x, w_store[:CIN, :COUT], bias, 2, 0, 0, 1, 1, unit_scale=scale,
-                                    frozen_units=(out_res, in_res))
-
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
-
-
-def test_first_layer_conv_transpose_replay():
-    t = _ct_tensors(20)
-    t["bits"] = random_bits(3, CIN, COUT * KS * KS)
-    t["row_task"] = torch.randint(0, 3, (B,))
-    t["scale"] = torch.rand(B, COUT)
-
-    def fn(mod, x, w_store, l_store, bias, bits, row_task, scale):
-        return mod.conv_transpose2d(x, w_store[:CIN, :COUT], bias, 1, 0, 0, 1, 1, bits=bits, row_task=row_task,
-                                    unit_scale=scale)
-
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
-
-
-def test_conv_covering_its_input_bits_and_frozen_units():
-    t = {"x": _store(30, (B, CIN, KS, KS)), "w_store": _store(31, (COUT + 2, CIN + 1, KS, KS)) / 12,
-         "bias": _store(32, (COUT,)), "bits": random_bits(COUT, CIN * KS * KS), "out_res": torch.rand(COUT) < 0.5,
-         "in_res": torch.rand(CIN) < 0.5}
-
-    def fn(mod, x, w_store, bias, bits, out_res, in_res):
-        return mod.conv2d(x, w_store[:COUT, :CIN], bias, 1, 0, 1, 1, bits=bits, frozen_units=(out_res, in_res))
+    def fn(mod, x, w_store, l_store, bias, bits, frozen):
+        return op(mod, x, _view(w_store, geometry), bias, bits=bits, frozen_bits=frozen)
 
     check(fn, t, torch.float32, grads=("x", "w_store", "bias"))
 
 
-def test_generator_upsampling_layer_falls_back_correctly():
-    """k=4, s=2, p=1 (not a single GEMM): the reference runs, with the same meaning."""
-    t = {"x": _store(40, (5, 6, 7, 7)), "w_store": _store(41, (8, 9, KS, KS)), "l_store": _store(42, (8, 9, KS, KS))}
+@pytest.mark.parametrize("with_in", [True, False], ids=["in_reserved", "all_in_reserved"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
+def test_activation_mask_with_frozen_units(geometry, with_in, fused):
+    """DGMa: per-unit scale in the epilogue, HAT's reserved out_i & in_j frozen."""
+    t = _tensors(3, geometry)
+    t["scale"] = torch.rand(COUT)
+    t["out_res"] = torch.rand(COUT) < 0.5
+    t["in_res"] = torch.rand(CIN) < 0.5
+    op = _op(geometry)
 
-    def fn(mod, x, w_store, l_store):
-        return mod.conv_transpose2d(x, w_store[:6, :5], None, 2, 1, 0, 1, 1, logits=l_store[:6, :5], s=2.0)
+    def fn(mod, x, w_store, l_store, bias, scale, out_res, in_res):
+        return op(mod, x, _view(w_store, geometry), bias, unit_scale=scale,
+                  frozen_units=(out_res, in_res if with_in else None))
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "l_store"))
+    g = check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
+    frozen = _frozen_entries(geometry, frozen_units=(t["out_res"], t["in_res"] if with_in else None))
+    assert (_view(g["w_store"], geometry)[frozen] == 0).all()
+
+
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[2]], ids=[IDS[0], IDS[2]])
+def test_replay_per_row_bits_and_per_row_scale(geometry, fused):
+    """Rows of tasks 0, 1 and 3 in random order (task 2 absent), each under its own bits, one launch."""
+    t = _tensors(4, geometry)
+    t["x"] = torch.randn(7, *t["x"].shape[1:])
+    shape = _weight_shape(geometry)
+    t["bits"] = random_bits(4, shape[0], shape[1] * shape[2] * shape[3])
+    t["row_task"] = torch.tensor([3, 0, 1, 3, 1, 0, 3])
+    t["scale"] = torch.rand(7, COUT)
+    op = _op(geometry)
+
+    def fn(mod, x, w_store, l_store, bias, bits, row_task, scale):
+        return op(mod, x, _view(w_store, geometry), bias, bits=bits, row_task=row_task, unit_scale=scale)
+
+    check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
+
+
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[2]], ids=[IDS[0], IDS[2]])
+def test_channels_last_input_read_in_place(geometry, fused):
+    t = _tensors(5, geometry, channels_last=True)
+    op = _op(geometry)
+
+    def fn(mod, x, w_store, l_store, bias):
+        return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=2.5)
+
+    check(fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
+    y = fn(K, **t)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("transposed, stride, padding, dilation, output_padding, size", [
+    (True, 3, 2, 2, 1, 4),   # stride and dilation share no factor: every phase has taps
+    (True, 2, 1, 2, 1, 5),   # gcd 2: two of the four phases have no tap (output = bias)
+    (False, 2, 2, 2, 0, 11),
+    (False, (1, 2), (0, 1), (2, 1), 0, 8),
+], ids=["convT_s3d2", "convT_s2d2", "conv_s2d2", "conv_mixed"])
+def test_general_stride_padding_dilation(transposed, stride, padding, dilation, output_padding, size, fused):
+    g = torch.Generator().manual_seed(6)
+    rows, cols = (CIN, COUT) if transposed else (COUT, CIN)
+    t = {"x": torch.randn(B, CIN, size, size + 1, generator=g),
+         "w": torch.randn(rows, cols, 3, 2, generator=g) / 4, "lg": torch.randn(rows, cols, 3, 2, generator=g),
+         "bias": torch.randn(COUT, generator=g)}
+
+    def fn(mod, x, w, lg, bias):
+        if transposed:
+            return mod.conv_transpose2d(x, w, bias, stride, padding, output_padding, 1, dilation, logits=lg, s=1.2)
+        return mod.conv2d(x, w, bias, stride, padding, dilation, 1, logits=lg, s=1.2)
+
+    check(fn, t, torch.float32, grads=("x", "w", "lg", "bias"))
+
+
+def test_generator_first_layer_from_1x1(fused):
+    """The generator's first layer: conv-transpose k4 s1 p0 from a 1x1 noise input."""
+    geometry = ("convT_1x1", True, 4, 1, 0, 1)
+    t = _tensors(7, geometry)
+    t["frozen"] = random_bits(CIN, COUT * 16, p=0.3)
+    op = _op(geometry)
+
+    def fn(mod, x, w_store, l_store, bias, frozen):
+        return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=1.5, frozen_bits=frozen)
+
+    check(fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
+
+
+def test_grouped_conv_falls_back_to_reference():
+    g = torch.Generator().manual_seed(8)
+    t = {"x": torch.randn(B, 4, 6, 6, generator=g), "w": torch.randn(6, 2, 3, 3, generator=g),
+         "lg": torch.randn(6, 2, 3, 3, generator=g)}
+
+    def fn(mod, x, w, lg):
+        return mod.conv2d(x, w, None, 1, 1, 1, 2, logits=lg, s=2.0)
+
+    check(fn, t, torch.float32, grads=("x", "w", "lg"))
+
+
+def test_dispatch_runs_triton_backend(fused):
+    t = _tensors(9, GEOMETRIES[2])
+    w, lg = _view(t["w_store"], GEOMETRIES[2]), _view(t["l_store"], GEOMETRIES[2])
+    y = ops.conv2d(t["x"], w, t["bias"], 2, 2, logits=lg, s=3.0, backend="triton")
+    want = reference.conv2d(t["x"].double(), w.double(), t["bias"].double(), 2, 2, logits=lg.double(), s=3.0)
+    assert rel_err(y, want) < TOL[torch.float32]
+
+
+def test_compiles_without_graph_break(fused):
+    t = _tensors(9, GEOMETRIES[0])
+    w = _view(t["w_store"], GEOMETRIES[0]).clone().requires_grad_()
+    lg = _view(t["l_store"], GEOMETRIES[0]).clone().requires_grad_()
+    scale = torch.rand(COUT, requires_grad=True)
+
+    def step(mod, x, w, lg, scale):
+        return mod.conv_transpose2d(x, w, None, 2, 1, logits=lg, s=2.0, unit_scale=scale).square().sum()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(K, t["x"], w, lg, scale), (w, lg, scale))
+    want = torch.autograd.grad(step(reference, t["x"].double(), w.double(), lg.double(), scale.double()),
+                               (w, lg, scale))
+    for g, e in zip(got, want):
+        assert rel_err(g, e) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (lambda t: dict(logits=t["l_store"][:CIN, :COUT, :3]), "logits must have shape"),
+    (lambda t: dict(bits=torch.zeros(CIN, 3, dtype=torch.uint8)), "bits must have shape"),
+    (lambda t: dict(bits=random_bits(CIN, COUT * 16), row_task=torch.zeros(B, dtype=torch.long)),
+     "row_task needs bits"),
+    (lambda t: dict(frozen_units=(torch.zeros(CIN, dtype=torch.bool), None)), "frozen_units\\[0\\]"),
+    (lambda t: dict(unit_scale=torch.ones(B, COUT + 1)), "unit_scale must have shape"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    t = _tensors(10, GEOMETRIES[0])
+    with pytest.raises((ValueError, TypeError), match=message):
+        K.conv_transpose2d(t["x"], t["w_store"][:CIN, :COUT], t["bias"], 2, 1, **kwargs(t))
+
+
+# -- GPU only ------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_generator_and_discriminator_sizes(dtype):
+    """Paper-scale layers pick among several autotune configs; bf16 only runs on a GPU."""
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(64, 96, 16, 16, device=dev, generator=g)
+    t = {"x": x, "w": torch.randn(96, 48, 4, 4, device=dev, generator=g) / 40,
+         "lg": torch.randn(96, 48, 4, 4, device=dev, generator=g), "bits": random_bits(4, 96, 48 * 16).to(dev),
+         "rt": torch.randint(0, 4, (64,), device=dev, generator=g),
+         "wd": torch.randn(80, 96, 5, 5, device=dev, generator=g) / 50}
+
+    def up_soft(mod, x, w, lg, bits, rt, wd):
+        return mod.conv_transpose2d(x, w, None, 2, 1, logits=lg, s=1.3)
+
+    def up_replay(mod, x, w, lg, bits, rt, wd):
+        return mod.conv_transpose2d(x, w, None, 2, 1, bits=bits, row_task=rt)
+
+    def down(mod, x, w, lg, bits, rt, wd):
+        return mod.conv2d(x.to(memory_format=torch.channels_last), wd, None, 2, 2)
+
+    check(up_soft, t, dtype, grads=("x", "w", "lg"))
+    check(up_replay, t, dtype, grads=("x", "w"))
+    check(down, t, dtype, grads=("x", "wd"))
