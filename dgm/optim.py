@@ -3,8 +3,8 @@
 Zeroing a gradient is not enough to freeze a weight: weight decay and momentum still move it.
 :class:`ReservedGuard` makes any ``torch.optim`` optimiser leave the reserved entries of masked
 layers, and their optimiser state, bit-identical: it snapshots them before each ``step`` and
-puts them back after. It is the reference; a fused optimiser that skips them in the same pass
-replaces it on the fast path.
+puts them back after. :class:`~dgm.frozen_adam.FrozenAdam` skips them inside its own update (one
+fused step, what the trainer uses).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .frozen_adam import FrozenAdam
 from .layers import MaskedLayer
+
+__all__ = ["FrozenAdam", "ReservedGuard", "reserved_masks"]
 
 
 def reserved_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:

@@ -21,7 +21,7 @@ from .data import load_dataset, split_tasks
 from .masks import compensate_logit_grad_, sharpness, sparsity_regularizer
 from .metrics import build_metrics
 from .models import DCGANGenerator, MLPGenerator, dcgan_discriminator, gradient_penalty, mlp_discriminator
-from .optim import ReservedGuard
+from .optim import FrozenAdam, reserved_masks
 from .reporting import Reporter
 
 # Config keys that may differ between a run and its resumption.
@@ -41,6 +41,10 @@ def build_discriminator(config: TrainConfig, num_classes: int, channels: int):
     if config.arch == "dcgan":
         return dcgan_discriminator(num_classes, channels, config.ndf)
     return mlp_discriminator(num_classes, channels, config.hidden, config.image_size)
+
+
+def generator_backend(generator) -> str:
+    return generator.body[0].backend
 
 
 def _task_seed(seed: int, task: int) -> int:
@@ -91,9 +95,10 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
     logits = [p for layer in generator.masked_layers() for p in layer.logits()]
     weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
-    opt_g = torch.optim.Adam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
-                             lr=config.lr, betas=betas)
-    guard = ReservedGuard(opt_g, generator)
+    opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
+                       lr=config.lr, betas=betas, backend="reference" if generator_backend(generator) == "reference"
+                       else "auto")
+    opt_g.set_reserved(reserved_masks(generator))  # reserved weights and their moments never move
     s_max = config.resolved_s_max
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
 
@@ -135,7 +140,6 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
 
             scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "reg": reg}
             reporter.log_step(task.index, epoch, b, {**{k: v.detach() for k, v in scalars.items()}, "s": s})
-    guard.remove()
     generator.consolidate_and_expand()
     return discriminator
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
 
 import torch
 
@@ -33,13 +32,18 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run here."""
 
 
-@lru_cache(maxsize=None)
+_LOADED: dict[str, tuple] = {}
+
+
 def _load(backend: str):
-    """The backend's module, or the reason it cannot be imported."""
-    try:
-        return importlib.import_module(_MODULES[backend]), None
-    except Exception as exc:  # an optional backend may be missing for many reasons
-        return None, f"{type(exc).__name__}: {exc}"
+    """The backend's module, or the reason it cannot be imported (imported once, then a plain
+    dict lookup, which ``torch.compile`` traces without a graph break)."""
+    if backend not in _LOADED:
+        try:
+            _LOADED[backend] = importlib.import_module(_MODULES[backend]), None
+        except Exception as exc:  # an optional backend may be missing for many reasons
+            _LOADED[backend] = None, f"{type(exc).__name__}: {exc}"
+    return _LOADED[backend]
 
 
 def check_backend(backend: str) -> str:
@@ -55,6 +59,10 @@ def unavailable_reason(backend: str, op: str, device: torch.device) -> str | Non
         return f"backend {backend!r} failed to import ({error})"
     if not hasattr(module, op):
         return f"backend {backend!r} does not implement {op}"
+    why = getattr(module, "unavailable_reason", None)
+    why = why(device) if why is not None else None
+    if why is not None:
+        return f"backend {backend!r} cannot run on device {device}: {why}"
     runs_on = getattr(module, "runs_on", None)
     if runs_on is not None and not runs_on(device):
         return f"backend {backend!r} cannot run on device {device}"
