@@ -28,14 +28,27 @@ each batch row uses its task's bits, as in :mod:`.masked_matmul`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from dgm.ops import interpreting
+
 from .masked_matmul import (FROZEN_BITS, FROZEN_NONE, FROZEN_UNITS, MASK_BITS, MASK_NONE, MASK_SOFT, _bit_strides,
                             _configs, _swizzle, freeze_store, grad_mask_epilogue, input_precision, load_masked_weight)
+
+
+def _conv_configs(m: str, n: str, k: str, group: str):
+    """The GEMM tiles plus narrow ones for the generator's few channels (an N or R of 6 to 48)."""
+    configs = _configs(m, n, k, group)
+    if interpreting():
+        return configs
+    narrow = [(128, 16, 32, 4, 4), (64, 16, 64, 3, 2), (16, 128, 64, 3, 4), (32, 32, 64, 3, 2)]
+    return configs + [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
+                      for bm, bn, bk, st, w in narrow]
 
 
 @triton.jit
@@ -90,7 +103,7 @@ def _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
     return acc
 
 
-@triton.autotune(configs=_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+@triton.autotune(configs=_conv_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
                  key=["C", "N", "IH", "IW", "OH", "OW", "KH", "KW", "MASK", "PER_ROW", "TRANSPOSED"])
 @triton.jit
 def _conv_kernel(
@@ -188,19 +201,24 @@ def _wgrad_loop(acc, start, end, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_
     return acc
 
 
-@triton.autotune(configs=_configs("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
-                 key=["R", "A", "PH", "PW", "QH", "QW", "KH", "KW", "MASK", "PER_ROW", "FROZEN"])
+@triton.autotune(configs=_conv_configs("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
+                 key=["R", "A", "PH", "PW", "QH", "QW", "KH", "KW", "MASK", "PER_ROW", "FROZEN"],
+                 reset_to_zero=["gw_ptr", "gl_ptr"])
 @triton.jit
 def _conv_wgrad_kernel(
         p_ptr, q_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr, gw_ptr, gl_ptr,
-        R, A, KH, KW, BATCH, PH, PW, QH, QW, T, s,
+        R, A, KH, KW, BATCH, PH, PW, QH, QW, T, CHUNK, s,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         sp_b, sp_c, sp_h, sp_w, sq_b, sq_c, sq_h, sq_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3,
         sb_t, sb_0, sb_1, sf_0, sf_1, sgw_0, sgw_1, sgw_2, sgw_3, sgl_0, sgl_1, sgl_2, sgl_3,
         MASK: tl.constexpr, PER_ROW: tl.constexpr, FROZEN: tl.constexpr, OUT_ON_ROWS: tl.constexpr,
-        HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
+        HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, ATOMIC: tl.constexpr,
+        PREC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
+        GROUP_R: tl.constexpr):
     C = A * KH * KW
+    # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
+    lo = tl.program_id(1) * CHUNK
+    hi = tl.minimum(lo + CHUNK, BATCH * PH * PW)
     pid_r, pid_c = _swizzle(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.cdiv(C, BLOCK_C), GROUP_R)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -217,27 +235,42 @@ def _conv_wgrad_kernel(
     if PER_ROW:
         # One reduction per task segment of the sorted batch, each added under its own bits.
         for t in range(0, T):
-            start = tl.load(off_ptr + t) * PH * PW
-            end = tl.load(off_ptr + t + 1) * PH * PW
+            start = tl.maximum(tl.load(off_ptr + t) * PH * PW, lo)
+            end = tl.minimum(tl.load(off_ptr + t + 1) * PH * PW, hi)
             if end > start:
                 g = _wgrad_loop(tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32), start, end, p_ptr,
                                 sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w, perm_ptr, PH, PW, QH, QW,
                                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
                                 PER_ROW, PREC, BLOCK_B)
                 acc += grad_mask_epilogue(g, ok, wc, w_ptr, 0, l_ptr, 0, bits_ptr + t * sb_t, b_off, gl_ptr, 0, s,
-                                          2, False)
+                                          2, False, ATOMIC)
         gw = acc
     else:
-        acc = _wgrad_loop(acc, 0, BATCH * PH * PW, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w,
+        acc = _wgrad_loop(acc, lo, hi, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w,
                           perm_ptr, PH, PW, QH, QW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok,
                           a, kh, kw, c_ok, PER_ROW, PREC, BLOCK_B)
         gw = grad_mask_epilogue(acc, ok, wc, w_ptr, wr * sw_0 + a * sw_1 + kh * sw_2 + kw * sw_3,
                                 l_ptr, wr * sl_0 + a * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr, b_off,
-                                gl_ptr, wr * sgl_0 + a * sgl_1 + kh * sgl_2 + kw * sgl_3, s, MASK, WRITE_L)
+                                gl_ptr, wr * sgl_0 + a * sgl_1 + kh * sgl_2 + kw * sgl_3, s, MASK, WRITE_L, ATOMIC)
     if WRITE_W:
         freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, wr * sgw_0 + a * sgw_1 + kh * sgw_2 + kw * sgw_3,
                      fbits_ptr, wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, KH * KW, FROZEN, OUT_ON_ROWS,
-                     HAS_IN_RES)
+                     HAS_IN_RES, ATOMIC)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def wgrad_splits(rows: int, cols: int, length: int, device: torch.device) -> int:
+    """How many programs share the weight-gradient reduction over ``length`` positions: enough to
+    fill the GPU when the weight has few tiles (the generator's small layers over a large batch
+    of pixels). 1 under the interpreter and in deterministic mode (the split adds atomically)."""
+    if device.type != "cuda" or torch.are_deterministic_algorithms_enabled():
+        return 1
+    tiles = triton.cdiv(rows, 64) * triton.cdiv(cols, 64)
+    return max(1, min(triton.cdiv(2 * _sm_count(device), tiles), length // 2048))
 
 
 def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
@@ -302,23 +335,37 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
     R, A, KH, KW = weight.shape
     B, _, PH, PW = p.shape
     QH, QW = q.shape[2:]
-    gw = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype) if write_w else None
-    gl = torch.empty(logits.shape, device=weight.device, dtype=logits.dtype) if write_logits else None
+    cols = A * KH * KW
+    length = B * PH * PW
+    splits = wgrad_splits(R, cols, length, weight.device)
+    # Split partial sums accumulate atomically in zeroed fp32 buffers.
+    alloc = torch.zeros if splits > 1 else torch.empty
+    gw = alloc(weight.shape, device=weight.device, dtype=torch.float32 if splits > 1 else weight.dtype) \
+        if write_w else None
+    gl = alloc(logits.shape, device=weight.device, dtype=torch.float32 if splits > 1 else logits.dtype) \
+        if write_logits else None
     if weight.numel() == 0 or not (write_w or write_logits):
         return gw, gl
     mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
     frozen = FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
     as_u8 = lambda t: None if t is None else t.view(torch.uint8) if t.dtype == torch.bool else t  # noqa: E731
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    cols = A * KH * KW
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(cols, meta["BLOCK_C"]),)  # noqa: E731
+    # The autotuner zeroes both outputs between its trial runs (some Triton versions need tensors there).
+    spare = weight.new_empty(1, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(cols, meta["BLOCK_C"]), splits)  # noqa: E731
     _conv_wgrad_kernel[grid](
-        p, q, weight, logits, bits, perm, task_offsets, frozen_bits, as_u8(frozen_out), as_u8(frozen_in), gw, gl,
-        R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, float(s),
+        p, q, weight, logits, bits, perm, task_offsets, frozen_bits, as_u8(frozen_out), as_u8(frozen_in),
+        gw if gw is not None else spare, gl if gl is not None else spare,
+        R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, triton.cdiv(length, splits),
+        float(s),
         sh, sw, ph, pw, dh, dw,
         *p.stride(), *q.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits),
         *(frozen_bits.stride() if frozen_bits is not None else (0, 0)), *_strides4(gw), *_strides4(gl),
         MASK=mask, PER_ROW=perm is not None, FROZEN=frozen, OUT_ON_ROWS=out_on_rows,
-        HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, PREC=input_precision(p.dtype),
+        HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, ATOMIC=splits > 1,
+        PREC=input_precision(p.dtype),
     )
+    if splits > 1:
+        gw = None if gw is None else gw.to(weight.dtype)
+        gl = None if gl is None else gl.to(logits.dtype)
     return gw, gl

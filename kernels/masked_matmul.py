@@ -90,15 +90,25 @@ def load_masked_weight(w_ptr, w_off, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, M
 
 
 @triton.jit
+def _put(ptr, val, ok, ATOMIC: tl.constexpr):
+    """Store, or add atomically when the reduction is split over programs (every epilogue term is
+    linear in ``G``, so partial sums can each go through it)."""
+    if ATOMIC:
+        tl.atomic_add(ptr, val.to(ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(ptr, val.to(ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def grad_mask_epilogue(g, ok, wc, w_ptr, w_off, l_ptr, l_off, bits_ptr, b_off, gl_ptr, gl_off, s,
-                       MASK: tl.constexpr, WRITE_L: tl.constexpr):
+                       MASK: tl.constexpr, WRITE_L: tl.constexpr, ATOMIC: tl.constexpr = False):
     """From the weight-gradient GEMM ``G``: stores ``grad_logits = G * W * s * m * (1 - m)`` (soft
     mask) and returns ``G * m``, the weight gradient before the freeze."""
     if MASK == 1:
         m = tl.sigmoid(tl.load(l_ptr + l_off, mask=ok, other=0.0).to(tl.float32) * s)
         if WRITE_L:
             w = tl.load(w_ptr + w_off, mask=ok, other=0.0).to(tl.float32)
-            tl.store(gl_ptr + gl_off, (g * w * s * m * (1.0 - m)).to(gl_ptr.dtype.element_ty), mask=ok)
+            _put(gl_ptr + gl_off, g * w * s * m * (1.0 - m), ok, ATOMIC)
         g = g * m
     else:
         g = _mask_tile(g, ok, wc, l_ptr, l_off, bits_ptr, b_off, s, MASK)
@@ -108,7 +118,7 @@ def grad_mask_epilogue(g, ok, wc, w_ptr, w_off, l_ptr, l_off, bits_ptr, b_off, g
 @triton.jit
 def freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, gw_off, fbits_ptr, fb_off, fout_ptr, fin_ptr,
                  COLS_PER_UNIT: tl.constexpr, FROZEN: tl.constexpr, OUT_ON_ROWS: tl.constexpr,
-                 HAS_IN_RES: tl.constexpr):
+                 HAS_IN_RES: tl.constexpr, ATOMIC: tl.constexpr = False):
     """Zero the reserved entries of the weight-gradient tile (packed frozen bits, or HAT's reserved
     ``out_i & in_j``; ``COLS_PER_UNIT`` columns per unit) and store it."""
     ok = r_ok[:, None] & c_ok[None, :]
@@ -129,7 +139,7 @@ def freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, gw_off, fbits_ptr, fb_o
         if HAS_IN_RES:
             frozen = frozen & (tl.load(fin_ptr + in_u, mask=in_ok, other=0) != 0)
         gw = tl.where(frozen, 0.0, gw)
-    tl.store(gw_ptr + gw_off, gw.to(gw_ptr.dtype.element_ty), mask=ok)
+    _put(gw_ptr + gw_off, gw, ok, ATOMIC)
 
 
 @triton.jit

@@ -12,6 +12,7 @@ import torch
 
 import dgm.kernels as K
 import dgm.kernels.conv as conv_module
+import dgm.kernels.masked_implicit_gemm as implicit_gemm
 from dgm import ops
 from dgm.ops import reference
 from test_kernels_common import TOL, check, random_bits, rel_err
@@ -155,6 +156,29 @@ def test_channels_last_input_read_in_place(geometry, fused):
     check(fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
     y = fn(K, **t)
     assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("form", ["soft", "replay"])
+def test_weight_gradient_split_over_programs(form, fused, monkeypatch):
+    """The GPU splits the weight-gradient reduction and adds the epilogue's partial results
+    atomically (fp32 buffers); forced here on 3 uneven chunks, across task segments for replay."""
+    geometry = GEOMETRIES[0]
+    splits = []
+    monkeypatch.setattr(implicit_gemm, "wgrad_splits", lambda *args: splits.append(args) or 3)
+    t = _tensors(11, geometry)
+    t["x"] = torch.randn(7, *t["x"].shape[1:])
+    t["bits"] = random_bits(3, CIN, COUT * 16)
+    t["row_task"] = torch.tensor([2, 0, 1, 2, 1, 0, 2])
+    op = _op(geometry)
+
+    def fn(mod, x, w_store, l_store, bias, bits, row_task):
+        if form == "soft":
+            return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=1.3)
+        return op(mod, x, _view(w_store, geometry), bias, bits=bits, row_task=row_task)
+
+    dtype = torch.float16 if form == "soft" else torch.float32
+    check(fn, t, dtype, grads=("w_store", "l_store") if form == "soft" else ("w_store",))
+    assert splits
 
 
 @pytest.mark.parametrize("transposed, stride, padding, dilation, output_padding, size", [
