@@ -35,9 +35,13 @@ class BackendUnavailable(RuntimeError):
 _LOADED: dict[str, tuple] = {}
 
 
+def interpreting() -> bool:
+    """Triton kernels run on the CPU interpreter (tests without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _load(backend: str):
-    """The backend's module, or the reason it cannot be imported (imported once, then a plain
-    dict lookup, which ``torch.compile`` traces without a graph break)."""
+    """The backend's module, or the reason it cannot be imported (imported once)."""
     if backend not in _LOADED:
         try:
             _LOADED[backend] = importlib.import_module(_MODULES[backend]), None
@@ -116,7 +120,7 @@ conv_transpose2d = _dispatch("conv_transpose2d")
 __all__ = ["BACKENDS", "BackendUnavailable", "resolve", "fastest_backend", "fused_unavailable_reason", "linear",
            "conv2d", "conv_transpose2d", "reference"]
 
-
-def interpreting() -> bool:
-    """Triton kernels run on the CPU interpreter (tests without a GPU)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+# Import every backend now, outside any traced code, so that dispatching under torch.compile is a
+# dict lookup (importlib inside a traced function breaks the graph).
+for _backend in BACKENDS:
+    _load(_backend)
