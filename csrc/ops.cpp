@@ -69,11 +69,8 @@ at::Tensor popcount(const at::Tensor& bits_in) {
   return out;
 }
 
-at::Tensor masked_weight(const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
-                         const std::optional<at::Tensor>& bits) {
-  MaskedWeightInputs in = masked_weight_inputs(weight, logits, s, bits, "masked_weight");
-  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "masked_weight", [&] {
+void masked_weight_cpu(const MaskedWeightInputs& in, const at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "masked_weight", [&] {
     const MaskedWeight<scalar_t> a = typed<scalar_t>(in.args);
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, a.rows, row_grain(a.cols), [&](int64_t r0, int64_t r1) {
@@ -81,24 +78,16 @@ at::Tensor masked_weight(const at::Tensor& weight, const std::optional<at::Tenso
         for (int64_t c = 0; c < a.cols; ++c) masked_weight_at<acc_t<scalar_t>>(a, dst, r, c);
     });
   });
-  return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_weight_backward(
-    const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
-    const std::optional<at::Tensor>& bits, const std::optional<at::Tensor>& frozen_bits,
-    const std::optional<at::Tensor>& frozen_out, const std::optional<at::Tensor>& frozen_in, int64_t out_dim,
-    bool weight_grad, bool logits_grad) {
-  MaskedWeightGradInputs in = masked_weight_grad_inputs(grad, weight, logits, s, bits, frozen_bits, frozen_out,
-                                                        frozen_in, out_dim, weight_grad, logits_grad);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "masked_weight_backward", [&] {
+void masked_weight_backward_cpu(const MaskedWeightGradInputs& in) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.w.weight.scalar_type(), "masked_weight_backward", [&] {
     const MaskedWeightGrad<scalar_t> a = typed<scalar_t>(in.args);
     at::parallel_for(0, a.w.rows, row_grain(a.w.cols), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = 0; c < a.w.cols; ++c) masked_weight_grad_at<acc_t<scalar_t>>(a, r, c);
     });
   });
-  return {in.grad_weight, in.grad_logits};
 }
 
 void frozen_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -157,8 +146,8 @@ TORCH_LIBRARY_IMPL(dgm, CPU, m) {
   m.impl("unpack_bits", dgm::unpack_bits);
   m.impl("union_bits", dgm::union_bits);
   m.impl("popcount", dgm::popcount);
-  m.impl("masked_weight", dgm::masked_weight);
-  m.impl("masked_weight_backward", dgm::masked_weight_backward);
+  m.impl("masked_weight", &dgm::masked_weight_op<dgm::masked_weight_cpu>);
+  m.impl("masked_weight_backward", &dgm::masked_weight_backward_op<dgm::masked_weight_backward_cpu>);
   m.impl("frozen_adam_", dgm::frozen_adam);
 }
 

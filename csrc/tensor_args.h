@@ -1,5 +1,6 @@
 // Argument checks and raw-pointer views shared by the CPU ops (ops.cpp) and the CUDA glue
-// (cuda/glue.cpp): both validate the same way and hand the same structs to their loops.
+// (cuda/glue.cpp): both validate the same way and hand the same structs to their loops. The
+// masked-weight ops are written once here, as templates over the device's compute step.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -7,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "elementwise.h"
@@ -139,14 +141,28 @@ inline MaskedWeightInputs masked_weight_inputs(const at::Tensor& weight_in, cons
   return in;
 }
 
-// Everything the gradient epilogue reads, checked; outputs allocated (empty when not wanted).
+// Everything the gradient epilogue reads, with the outputs its pointers write.
 struct MaskedWeightGradInputs {
   MaskedWeightInputs w;
   at::Tensor grad, frozen_bits, row_flags, col_flags, grad_weight, grad_logits;
   MaskedWeightGrad<void> args;
 };
 
-inline MaskedWeightGradInputs masked_weight_grad_inputs(
+// The op masked_weight on one device: checks and output allocation as every device has them;
+// `Fill(in, out)` writes the masked weight into the contiguous `out`.
+template <void (*Fill)(const MaskedWeightInputs&, const at::Tensor&)>
+at::Tensor masked_weight_op(const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
+                            const std::optional<at::Tensor>& bits) {
+  MaskedWeightInputs in = masked_weight_inputs(weight, logits, s, bits, "masked_weight");
+  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  Fill(in, out);
+  return out;
+}
+
+// The op masked_weight_backward on one device: everything the gradient epilogue reads is checked
+// and the outputs are allocated (empty when not wanted) here; `Run(in)` writes them.
+template <void (*Run)(const MaskedWeightGradInputs&)>
+std::tuple<at::Tensor, at::Tensor> masked_weight_backward_op(
     const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
     const std::optional<at::Tensor>& bits, const std::optional<at::Tensor>& frozen_bits,
     const std::optional<at::Tensor>& frozen_out, const std::optional<at::Tensor>& frozen_in, int64_t out_dim,
@@ -187,7 +203,8 @@ inline MaskedWeightGradInputs masked_weight_grad_inputs(
   in.grad_logits = at::empty(logits_grad ? weight.sizes() : at::IntArrayRef{0}, dense);
   if (weight_grad) in.args.grad_weight = in.grad_weight.data_ptr();
   if (logits_grad) in.args.grad_logits = in.grad_logits.data_ptr();
-  return in;
+  if (weight_grad || logits_grad) Run(in);
+  return {in.grad_weight, in.grad_logits};
 }
 
 // One parameter's tensors of a frozen Adam step, checked.

@@ -1,7 +1,13 @@
 """Triton kernels of dgm (installed as ``dgm.kernels``): the ``triton`` backend of :mod:`dgm.ops`.
 
-:mod:`.masked_matmul` holds the kernels, :mod:`.masked_gemm` the autograd custom op around them,
-:mod:`.linear` and :mod:`.conv` the ops with the signatures of :mod:`dgm.ops.reference`.
+* :mod:`.linear`, :mod:`.conv` -- the backend's entry points, with the signatures of
+  :mod:`dgm.ops.reference`; they send what the kernels do not cover to the reference.
+* :mod:`.masked_gemm`, :mod:`.masked_conv` -- the ``torch.library`` custom ops with autograd
+  (``dgm::masked_gemm``, ``dgm::masked_conv`` and their backwards) around the kernels.
+* :mod:`.mask_args` -- the checks of the mask arguments both custom ops share.
+* :mod:`.masked_matmul` -- the linear GEMM kernels and the in-register mask, epilogue and tile
+  helpers every kernel uses.
+* :mod:`.masked_implicit_gemm` -- the conv kernels (implicit GEMMs).
 """
 
 import torch

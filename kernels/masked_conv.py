@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import masked_implicit_gemm as ig
-from .masked_gemm import _check, replay_order
+from .mask_args import check_masks
 
 
 @torch.library.custom_op("dgm::masked_conv", mutates_args=())
@@ -108,39 +108,11 @@ def run(op: str, x: Tensor, weight: Tensor, bias, *, transposed: bool, stride, p
         logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale) -> Tensor:
     """Validate the mask arguments against the 4-D weight (bits address its 2-D matrix
     ``(shape[0], rest)``) and run the custom op."""
-    rows, dim1, kh, kw = weight.shape
+    rows, dim1 = weight.shape[:2]
     out_units, in_units = (dim1, rows) if transposed else (rows, dim1)
-    batch, dev = x.shape[0], x.device
-    floats = (torch.float16, torch.bfloat16, torch.float32)
-    packed = (rows, (dim1 * kh * kw + 7) // 8)
-    if logits is not None and bits is not None:
-        raise ValueError(f"{op}: give at most one weight mask, logits or bits, not both")
-    if frozen_bits is not None and frozen_units is not None:
-        raise ValueError(f"{op}: give at most one of frozen_bits and frozen_units")
-    _check(f"{op}: logits", logits, weight.shape, floats, dev)
-    perm = sorted_task = offsets = None
-    if row_task is not None:
-        if bits is None or bits.dim() != 3:
-            raise ValueError(f"{op}: row_task needs bits stacked per task, shape (tasks, {packed[0]}, {packed[1]})")
-        _check(f"{op}: bits", bits, (bits.shape[0],) + packed, (torch.uint8,), dev)
-        _check(f"{op}: row_task", row_task, (batch,), (torch.int64, torch.int32), dev)
-        perm, sorted_task, offsets = replay_order(row_task, bits.shape[0])
-    else:
-        _check(f"{op}: bits", bits, packed, (torch.uint8,), dev)
-    _check(f"{op}: frozen_bits", frozen_bits, packed, (torch.uint8,), dev)
-    frozen_out = frozen_in = None
-    if frozen_units is not None:
-        if not isinstance(frozen_units, (tuple, list)) or len(frozen_units) != 2 or frozen_units[0] is None:
-            raise TypeError(f"{op}: frozen_units must be a pair (reserved_out bool tensor, reserved_in or None)")
-        frozen_out, frozen_in = frozen_units
-        _check(f"{op}: frozen_units[0]", frozen_out, (out_units,), (torch.bool,), dev)
-        _check(f"{op}: frozen_units[1]", frozen_in, (in_units,), (torch.bool,), dev)
-    _check(f"{op}: bias", bias, (out_units,), floats, dev)
-    if unit_scale is not None:
-        shape = (out_units,) if unit_scale.dim() == 1 else (batch, out_units)
-        _check(f"{op}: unit_scale", unit_scale, shape, floats, dev)
-    save_pre = unit_scale is not None and unit_scale.requires_grad and torch.is_grad_enabled()
-    y, _ = masked_conv(x, weight, bias, logits, float(s), bits, perm, sorted_task, offsets, frozen_bits, frozen_out,
-                       frozen_in, unit_scale, transposed, list(stride), list(padding), list(dilation),
-                       list(out_size), save_pre)
+    m = check_masks(op, x, weight, out_units, in_units, logits=logits, bits=bits, row_task=row_task,
+                    frozen_bits=frozen_bits, frozen_units=frozen_units, bias=bias, unit_scale=unit_scale)
+    y, _ = masked_conv(x, weight, bias, logits, float(s), bits, m.perm, m.sorted_task, m.task_offsets, frozen_bits,
+                       m.frozen_out, m.frozen_in, unit_scale, transposed, list(stride), list(padding),
+                       list(dilation), list(out_size), m.save_pre)
     return y

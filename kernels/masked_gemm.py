@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import masked_matmul as mm
+from .mask_args import check_masks
 
 
 @torch.library.custom_op("dgm::masked_gemm", mutates_args=())
@@ -110,29 +111,6 @@ def _backward(ctx, grad_y, _grad_pre):
 masked_gemm.register_autograd(_backward, setup_context=_setup_context)
 
 
-def replay_order(row_task: Tensor, tasks: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(perm, sorted_task, task_offsets)``: the batch rows sorted by task, their tasks, and
-    where each task's rows start (``tasks + 1`` entries). Torch ops only, no device sync."""
-    sorted_task, perm = torch.sort(row_task, stable=True)
-    sorted_task = sorted_task.to(torch.int32)
-    bounds = torch.arange(tasks + 1, device=row_task.device, dtype=torch.int32)
-    offsets = torch.searchsorted(sorted_task, bounds).to(torch.int32)
-    return perm.to(torch.int32), sorted_task, offsets
-
-
-def _check(name: str, t, shape: tuple, dtypes, device) -> None:
-    if t is None:
-        return
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
-
-
 def run(op: str, x2: Tensor, w2: Tensor, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
         transposed: bool, kk: int) -> Tensor:
     """Validate the mask arguments against the 2-D weight matrix ``w2`` and run the custom op.
@@ -142,38 +120,8 @@ def run(op: str, x2: Tensor, w2: Tensor, bias, *, logits, s, bits, row_task, fro
     """
     rows, cols = w2.shape
     out_units, in_units = (cols // kk, rows) if transposed else (rows, cols // kk)
-    batch, dev = x2.shape[0], x2.device
-    floats = (torch.float16, torch.bfloat16, torch.float32)
-    _check(f"{op}: logits", logits, w2.shape, floats, dev)
-    packed = (rows, (cols + 7) // 8)
-    if logits is not None and bits is not None:
-        raise ValueError(f"{op}: give at most one weight mask, logits or bits, not both")
-    if frozen_bits is not None and frozen_units is not None:
-        raise ValueError(f"{op}: give at most one of frozen_bits and frozen_units")
-    perm = sorted_task = offsets = None
-    if row_task is not None:
-        if bits is None or bits.dim() != 3:
-            raise ValueError(f"{op}: row_task needs bits stacked per task, shape (tasks, {packed[0]}, {packed[1]})")
-        _check(f"{op}: bits", bits, (bits.shape[0],) + packed, (torch.uint8,), dev)
-        _check(f"{op}: row_task", row_task, (batch,), (torch.int64, torch.int32), dev)
-        perm, sorted_task, offsets = replay_order(row_task, bits.shape[0])
-    else:
-        _check(f"{op}: bits", bits, packed, (torch.uint8,), dev)
-    _check(f"{op}: frozen_bits", frozen_bits, packed, (torch.uint8,), dev)
-    frozen_out = frozen_in = None
-    if frozen_units is not None:
-        if not isinstance(frozen_units, (tuple, list)) or len(frozen_units) != 2:
-            raise TypeError(f"{op}: frozen_units must be a pair (reserved_out, reserved_in or None)")
-        frozen_out, frozen_in = frozen_units
-        if frozen_out is None:
-            raise ValueError(f"{op}: frozen_units[0] (reserved output units) must be a bool tensor")
-        _check(f"{op}: frozen_units[0]", frozen_out, (out_units,), (torch.bool,), dev)
-        _check(f"{op}: frozen_units[1]", frozen_in, (in_units,), (torch.bool,), dev)
-    _check(f"{op}: bias", bias, (out_units,), floats, dev)
-    if unit_scale is not None:
-        shape = (out_units,) if unit_scale.dim() == 1 else (batch, out_units)
-        _check(f"{op}: unit_scale", unit_scale, shape, floats, dev)
-    save_pre = unit_scale is not None and unit_scale.requires_grad and torch.is_grad_enabled()
-    y, _ = masked_gemm(x2, w2, bias, logits, float(s), bits, perm, sorted_task, offsets, frozen_bits, frozen_out,
-                       frozen_in, unit_scale, transposed, kk, save_pre)
+    m = check_masks(op, x2, w2, out_units, in_units, logits=logits, bits=bits, row_task=row_task,
+                    frozen_bits=frozen_bits, frozen_units=frozen_units, bias=bias, unit_scale=unit_scale)
+    y, _ = masked_gemm(x2, w2, bias, logits, float(s), bits, m.perm, m.sorted_task, m.task_offsets, frozen_bits,
+                       m.frozen_out, m.frozen_in, unit_scale, transposed, kk, m.save_pre)
     return y

@@ -37,8 +37,21 @@ import triton.language as tl
 
 from dgm.ops import interpreting
 
-from .masked_matmul import (FROZEN_BITS, FROZEN_NONE, FROZEN_UNITS, MASK_BITS, MASK_NONE, MASK_SOFT, _bit_strides,
-                            _configs, _swizzle, freeze_store, grad_mask_epilogue, input_precision, load_masked_weight)
+from .masked_matmul import (
+    _bit_strides,
+    _configs,
+    as_u8,
+    freeze_store,
+    frozen_kind,
+    grad_mask_epilogue,
+    input_precision,
+    load_masked_weight,
+    mask_kind,
+    replay_tasks,
+    scale_strides,
+    tile_offsets,
+    unit_epilogue,
+)
 
 
 def _conv_configs(m: str, n: str, k: str, group: str):
@@ -134,11 +147,7 @@ def _conv_kernel(
     # The grid covers the largest phase; the others mask their spare rows.
     M = BATCH * out_h * out_w
     M_grid = BATCH * ((OH + pix_h - 1) // pix_h) * ((OW + pix_w - 1) // pix_w)
-    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(M_grid, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
+    offs_m, offs_n, m_ok, n_ok = tile_offsets(M_grid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     bi = offs_m // (out_h * out_w)
     i = (offs_m // out_w) % out_h
     j = offs_m % out_w
@@ -146,10 +155,7 @@ def _conv_kernel(
     iw0 = j * a_w + base_w
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PER_ROW:
-        b = tl.load(perm_ptr + bi, mask=m_ok, other=0).to(tl.int64)
-        tasks = tl.load(task_ptr + bi, mask=m_ok, other=-1)
-        t_lo = tl.min(tl.where(m_ok, tasks, 2147483647), axis=0)
-        t_hi = tl.max(tasks, axis=0) + 1
+        b, tasks, t_lo, t_hi = replay_tasks(perm_ptr, task_ptr, bi, m_ok)
         for t in range(t_lo, t_hi):
             sel = m_ok & (tasks == t)
             if tl.sum(sel.to(tl.int32), axis=0) > 0:
@@ -165,15 +171,9 @@ def _conv_kernel(
                            bits_ptr, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
     oh = rh + i * pix_h
     ow = rw + j * pix_w
-    c_ok = m_ok[:, None] & n_ok[None, :]
     y_off = (b * sy_b + oh * sy_h + ow * sy_w)[:, None] + offs_n[None, :] * sy_n
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if WRITE_PRE:
-        tl.store(pre_ptr + y_off, acc.to(pre_ptr.dtype.element_ty), mask=c_ok)
-    if HAS_SCALE:
-        acc *= tl.load(scale_ptr + b[:, None] * ss_b + offs_n[None, :] * ss_n, mask=c_ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=c_ok)
+    unit_epilogue(acc, y_ptr, pre_ptr, y_off, m_ok[:, None] & n_ok[None, :], b, offs_n, n_ok, bias_ptr, scale_ptr,
+                  ss_b, ss_n, HAS_BIAS, HAS_SCALE, WRITE_PRE)
 
 
 @triton.jit
@@ -219,11 +219,7 @@ def _conv_wgrad_kernel(
     # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
     lo = tl.program_id(1) * CHUNK
     hi = tl.minimum(lo + CHUNK, BATCH * PH * PW)
-    pid_r, pid_c = _swizzle(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.cdiv(C, BLOCK_C), GROUP_R)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    r_ok = offs_r < R
-    c_ok = offs_c < C
+    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
     ok = r_ok[:, None] & c_ok[None, :]
     a = (offs_c // (KH * KW))[None, :]
     kh = ((offs_c // KW) % KH)[None, :]
@@ -312,15 +308,13 @@ def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, t
     step_w, dstep_w = _phase_steps(sw, dw)
     phases = sh * sw if transposed else 1
     rows = B * (triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else OH * OW)
-    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
-    scale_strides = (0, 0) if scale is None else (0, scale.stride(0)) if scale.dim() == 1 else tuple(scale.stride())
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), phases)  # noqa: E731
     _conv_kernel[grid](
         x, weight, logits, bits, perm, sorted_task, bias, scale, pre, y,
         B, C, IH, IW, N, OH, OW, KH, KW, float(s),
         sh, sw, ph, pw, dh, dw, step_h, step_w, dstep_h, dstep_w,
-        *x.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits), *scale_strides, *y.stride(),
-        MASK=mask, PER_ROW=perm is not None, TRANSPOSED=transposed, HAS_BIAS=bias is not None,
+        *x.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits), *scale_strides(scale), *y.stride(),
+        MASK=mask_kind(logits, bits), PER_ROW=perm is not None, TRANSPOSED=transposed, HAS_BIAS=bias is not None,
         HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=input_precision(x.dtype),
     )
     return y, pre
@@ -346,9 +340,6 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
         if write_logits else None
     if weight.numel() == 0 or not (write_w or write_logits):
         return gw, gl
-    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
-    frozen = FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
-    as_u8 = lambda t: None if t is None else t.view(torch.uint8) if t.dtype == torch.bool else t  # noqa: E731
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     # The autotuner zeroes both outputs between its trial runs (some Triton versions need tensors there).
     spare = weight.new_empty(1, dtype=torch.float32)
@@ -361,7 +352,8 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
         sh, sw, ph, pw, dh, dw,
         *p.stride(), *q.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits),
         *(frozen_bits.stride() if frozen_bits is not None else (0, 0)), *_strides4(gw), *_strides4(gl),
-        MASK=mask, PER_ROW=perm is not None, FROZEN=frozen, OUT_ON_ROWS=out_on_rows,
+        MASK=mask_kind(logits, bits), PER_ROW=perm is not None, FROZEN=frozen_kind(frozen_bits, frozen_out),
+        OUT_ON_ROWS=out_on_rows,
         HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, ATOMIC=splits > 1,
         PREC=input_precision(p.dtype),
     )

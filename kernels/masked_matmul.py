@@ -54,13 +54,44 @@ def input_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _swizzle(pid, num_a, num_b, GROUP: tl.constexpr):
-    """Grouped tile order so neighbouring programs share A rows in L2."""
+def tile_offsets(GRID_A, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
+    """This program's output tile: ``(offs_a, offs_b, offs_a < A, offs_b < B)``. Tiles go in
+    grouped order over a grid of ``GRID_A`` rows (``>= A``), so neighbouring programs share rows
+    of the A operand in L2."""
+    num_b = tl.cdiv(B, BLOCK_B)
     width = GROUP * num_b
-    group = pid // width
-    first = group * GROUP
-    size = tl.minimum(num_a - first, GROUP)
-    return first + (pid % width) % size, (pid % width) // size
+    pid = tl.program_id(0)
+    first = (pid // width) * GROUP
+    size = tl.minimum(tl.cdiv(GRID_A, BLOCK_A) - first, GROUP)
+    offs_a = (first + (pid % width) % size) * BLOCK_A + tl.arange(0, BLOCK_A)
+    offs_b = ((pid % width) // size) * BLOCK_B + tl.arange(0, BLOCK_B)
+    return offs_a, offs_b, offs_a < A, offs_b < B
+
+
+@triton.jit
+def replay_tasks(perm_ptr, task_ptr, idx, ok):
+    """Replay: ``(rows, tasks, t_lo, t_hi)`` -- the batch rows and tasks of the sorted positions
+    ``idx`` and the range of tasks the tile meets (its k-loop runs once per task present)."""
+    rows = tl.load(perm_ptr + idx, mask=ok, other=0).to(tl.int64)
+    tasks = tl.load(task_ptr + idx, mask=ok, other=-1)
+    t_lo = tl.min(tl.where(ok, tasks, 2147483647), axis=0)
+    t_hi = tl.max(tasks, axis=0) + 1
+    return rows, tasks, t_lo, t_hi
+
+
+@triton.jit
+def unit_epilogue(acc, out_ptr, pre_ptr, off, ok, rows, units, u_ok, bias_ptr, scale_ptr, ss_row, ss_unit,
+                  HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr):
+    """The forward epilogue: stores ``(acc + bias[unit]) * scale[row, unit]`` at ``out_ptr + off``
+    and, when ``WRITE_PRE``, the value before the scale at ``pre_ptr + off`` (same layout)."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + units, mask=u_ok, other=0.0).to(tl.float32)[None, :]
+    if WRITE_PRE:
+        tl.store(pre_ptr + off, acc.to(pre_ptr.dtype.element_ty), mask=ok)
+    if HAS_SCALE:
+        acc *= tl.load(scale_ptr + rows[:, None] * ss_row + units[None, :] * ss_unit, mask=ok,
+                       other=0.0).to(tl.float32)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -170,21 +201,14 @@ def _k_loop(acc, a_ptr, rows, sel, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, s
 def _masked_mm_kernel(
         a_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, task_ptr, bias_ptr, scale_ptr, pre_ptr, c_ptr,
         M, N, K, s,
-        sa_m, sa_k, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, ss_m, ss_n, sp_m, sp_n, sc_m, sc_n,
+        sa_m, sa_k, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, ss_m, ss_n, sc_m, sc_n,
         COLS_PER_UNIT: tl.constexpr, MASK: tl.constexpr, PER_ROW: tl.constexpr, W_ROWS_ARE_N: tl.constexpr,
         HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
+    offs_m, offs_n, m_ok, n_ok = tile_offsets(M, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PER_ROW:
-        rows = tl.load(perm_ptr + offs_m, mask=m_ok, other=0).to(tl.int64)
-        tasks = tl.load(task_ptr + offs_m, mask=m_ok, other=-1)
-        t_lo = tl.min(tl.where(m_ok, tasks, 2147483647), axis=0)
-        t_hi = tl.max(tasks, axis=0) + 1
+        rows, tasks, t_lo, t_hi = replay_tasks(perm_ptr, task_ptr, offs_m, m_ok)
         for t in range(t_lo, t_hi):
             sel = m_ok & (tasks == t)
             if tl.sum(sel.to(tl.int32), axis=0) > 0:
@@ -195,16 +219,9 @@ def _masked_mm_kernel(
         rows = offs_m.to(tl.int64)
         acc = _k_loop(acc, a_ptr, rows, m_ok, sa_m, sa_k, w_ptr, sw_0, sw_1, l_ptr, sl_0, sl_1, bits_ptr,
                       sb_0, sb_1, s, offs_n, n_ok, K, MASK, W_ROWS_ARE_N, PREC, BLOCK_K)
-    units = offs_n // COLS_PER_UNIT
-    c_ok = m_ok[:, None] & n_ok[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + units, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    if WRITE_PRE:
-        tl.store(pre_ptr + rows[:, None] * sp_m + offs_n[None, :] * sp_n, acc.to(pre_ptr.dtype.element_ty),
-                 mask=c_ok)
-    if HAS_SCALE:
-        acc *= tl.load(scale_ptr + rows[:, None] * ss_m + units[None, :] * ss_n, mask=c_ok, other=0.0).to(tl.float32)
-    tl.store(c_ptr + rows[:, None] * sc_m + offs_n[None, :] * sc_n, acc.to(c_ptr.dtype.element_ty), mask=c_ok)
+    unit_epilogue(acc, c_ptr, pre_ptr, rows[:, None] * sc_m + offs_n[None, :] * sc_n, m_ok[:, None] & n_ok[None, :],
+                  rows, offs_n // COLS_PER_UNIT, n_ok, bias_ptr, scale_ptr, ss_m, ss_n, HAS_BIAS, HAS_SCALE,
+                  WRITE_PRE)
 
 
 @triton.jit
@@ -236,11 +253,7 @@ def _masked_wgrad_kernel(
         OUT_ON_ROWS: tl.constexpr, HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr,
         PREC: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
-    pid_r, pid_c = _swizzle(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.cdiv(C, BLOCK_C), GROUP_R)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    r_ok = offs_r < R
-    c_ok = offs_c < C
+    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
     ok = r_ok[:, None] & c_ok[None, :]
     wr = offs_r[:, None]
     wc = offs_c[None, :]
@@ -279,6 +292,30 @@ def _bit_strides(bits: torch.Tensor | None) -> tuple[int, int, int]:
     return (0,) + tuple(bits.stride())
 
 
+def mask_kind(logits, bits) -> int:
+    """The kernels' ``MASK`` for these mask arguments."""
+    return MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
+
+
+def frozen_kind(frozen_bits, frozen_out) -> int:
+    """The weight-gradient kernels' ``FROZEN`` for these freeze arguments."""
+    return FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
+
+
+def as_u8(flags: torch.Tensor | None) -> torch.Tensor | None:
+    """Unit flags as the kernels load them: a bool tensor viewed as uint8 in place."""
+    return flags.view(torch.uint8) if flags is not None and flags.dtype == torch.bool else flags
+
+
+def scale_strides(scale: torch.Tensor | None) -> tuple[int, int]:
+    """``unit_scale``'s (row, unit) strides; a per-unit scale has row stride 0."""
+    if scale is None:
+        return 0, 0
+    if scale.dim() == 1:
+        return 0, scale.stride(0)
+    return tuple(scale.stride())
+
+
 def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s: float = 1.0, bits=None,
               perm=None, sorted_task=None, bias=None, scale=None, cols_per_unit: int = 1, write_pre: bool = False):
     """``A @ op(W * m)`` (+ bias, * unit scale), ``op`` = transpose if ``w_rows_are_n``.
@@ -293,21 +330,13 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
     pre = torch.empty((M, N), device=a.device, dtype=a.dtype) if write_pre else None
     if M == 0 or N == 0:
         return c, pre
-    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
     per_row = perm is not None
-    if scale is None:
-        scale_strides = (0, 0)
-    elif scale.dim() == 1:
-        scale_strides = (0, scale.stride(0))
-    else:
-        scale_strides = tuple(scale.stride())
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _masked_mm_kernel[grid](
         a, w, logits, bits, perm, sorted_task, bias, scale, pre, c,
         M, N, K, float(s),
-        *a.stride(), *w.stride(), *_strides(logits), *_bit_strides(bits), *scale_strides, *_strides(pre),
-        *c.stride(),
-        COLS_PER_UNIT=cols_per_unit, MASK=mask, PER_ROW=per_row, W_ROWS_ARE_N=w_rows_are_n,
+        *a.stride(), *w.stride(), *_strides(logits), *_bit_strides(bits), *scale_strides(scale), *c.stride(),
+        COLS_PER_UNIT=cols_per_unit, MASK=mask_kind(logits, bits), PER_ROW=per_row, W_ROWS_ARE_N=w_rows_are_n,
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, WRITE_PRE=write_pre,
         PREC=input_precision(a.dtype),
     )
@@ -328,9 +357,6 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
     gl = torch.empty(logits.shape, device=w.device, dtype=logits.dtype) if write_logits else None
     if R == 0 or C == 0 or not (write_w or write_logits):
         return gw, gl
-    mask = MASK_SOFT if logits is not None else MASK_BITS if bits is not None else MASK_NONE
-    frozen = FROZEN_BITS if frozen_bits is not None else FROZEN_UNITS if frozen_out is not None else FROZEN_NONE
-    as_u8 = lambda t: None if t is None else t.view(torch.uint8) if t.dtype == torch.bool else t  # noqa: E731
     T = bits.shape[0] if perm is not None else 1
     grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)  # noqa: E731
     _masked_wgrad_kernel[grid](
@@ -338,7 +364,8 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         R, C, B, T, float(s),
         *p.stride(), *q.stride(), *w.stride(), *_strides(logits), *_bit_strides(bits), *_strides(frozen_bits),
         *_strides(gw), *_strides(gl),
-        COLS_PER_UNIT=cols_per_unit, MASK=mask, PER_ROW=perm is not None, FROZEN=frozen, OUT_ON_ROWS=out_on_rows,
+        COLS_PER_UNIT=cols_per_unit, MASK=mask_kind(logits, bits), PER_ROW=perm is not None,
+        FROZEN=frozen_kind(frozen_bits, frozen_out), OUT_ON_ROWS=out_on_rows,
         HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, PREC=input_precision(p.dtype),
     )
     return gw, gl

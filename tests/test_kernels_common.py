@@ -42,7 +42,7 @@ def check(fn, tensors: dict, dtype: torch.dtype, grads=(), tol: float | None = N
     assert err < tol, f"output: relative error {err:.3g} >= {tol:g}"
     if not grads:
         return {}
-    dy = torch.randn(y.shape, dtype=torch.float64).to(dtype)
+    dy = torch.randn(y.shape, dtype=torch.float64, device=y.device).to(dtype)
     got = torch.autograd.grad(y, [fast[n] for n in grads], dy, allow_unused=True)
     want = torch.autograd.grad(y_ref, [ref[n] for n in grads], dy.double(), allow_unused=True)
     for name, g, w in zip(grads, got, want):

@@ -61,25 +61,14 @@ at::Tensor popcount_cuda(const at::Tensor& bits_in) {
   return count;
 }
 
-at::Tensor masked_weight_cuda(const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
-                              const std::optional<at::Tensor>& bits) {
-  MaskedWeightInputs in = masked_weight_inputs(weight, logits, s, bits, "masked_weight");
-  c10::cuda::CUDAGuard guard(weight.device());
-  at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  C10_CUDA_CHECK(masked_weight(dtype_of(weight), in.args, out.data_ptr(), stream()));
-  return out;
+void masked_weight_cuda(const MaskedWeightInputs& in, const at::Tensor& out) {
+  c10::cuda::CUDAGuard guard(out.device());
+  C10_CUDA_CHECK(masked_weight(dtype_of(out), in.args, out.data_ptr(), stream()));
 }
 
-std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
-    const std::optional<at::Tensor>& bits, const std::optional<at::Tensor>& frozen_bits,
-    const std::optional<at::Tensor>& frozen_out, const std::optional<at::Tensor>& frozen_in, int64_t out_dim,
-    bool weight_grad, bool logits_grad) {
-  MaskedWeightGradInputs in = masked_weight_grad_inputs(grad, weight, logits, s, bits, frozen_bits, frozen_out,
-                                                        frozen_in, out_dim, weight_grad, logits_grad);
-  c10::cuda::CUDAGuard guard(weight.device());
-  if (weight_grad || logits_grad) C10_CUDA_CHECK(masked_weight_grad(dtype_of(weight), in.args, stream()));
-  return {in.grad_weight, in.grad_logits};
+void masked_weight_backward_cuda(const MaskedWeightGradInputs& in) {
+  c10::cuda::CUDAGuard guard(in.grad.device());
+  C10_CUDA_CHECK(masked_weight_grad(dtype_of(in.grad), in.args, stream()));
 }
 
 void frozen_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
@@ -119,7 +108,7 @@ TORCH_LIBRARY_IMPL(dgm, CUDA, m) {
   m.impl("unpack_bits", dgm::cuda::unpack_bits_cuda);
   m.impl("union_bits", dgm::cuda::union_bits_cuda);
   m.impl("popcount", dgm::cuda::popcount_cuda);
-  m.impl("masked_weight", dgm::cuda::masked_weight_cuda);
-  m.impl("masked_weight_backward", dgm::cuda::masked_weight_backward_cuda);
+  m.impl("masked_weight", &dgm::masked_weight_op<dgm::cuda::masked_weight_cuda>);
+  m.impl("masked_weight_backward", &dgm::masked_weight_backward_op<dgm::cuda::masked_weight_backward_cuda>);
   m.impl("frozen_adam_", dgm::cuda::frozen_adam_cuda);
 }
