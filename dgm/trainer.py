@@ -87,9 +87,9 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
         per_class = config.replay_per_class or max(1, real_y.shape[0] // len(task.classes))
         replay_x, replay_y = generate_replay(generator, old_tasks, per_class, config.batch_size,
                                              _task_seed(config.seed, task.index))
-    # Balance the classifier over classes: the real batch stands for this task's classes, the
-    # replay batch for all earlier ones.
-    w_real = len(task.classes) / seen
+    # Every step the classifier sees as many replayed images per earlier class as real images per
+    # new class, so all classes seen weigh the same.
+    replay_batch = config.batch_size * (seen - len(task.classes)) // len(task.classes)
 
     betas = (config.beta1, 0.999)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
@@ -119,11 +119,12 @@ def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Report
             critic_real, class_real = discriminator(x)
             critic_fake, _ = discriminator(fake)
             gp = gradient_penalty(lambda v: discriminator(v)[0], x, fake)
-            loss_class = F.cross_entropy(class_real, y)
-            if replay_x is not None:
-                pick = torch.randint(0, replay_y.shape[0], (y.shape[0],), generator=rng).to(device)
+            if replay_x is None:
+                loss_class = F.cross_entropy(class_real, y)
+            else:
+                pick = torch.randint(0, replay_y.shape[0], (replay_batch,), generator=rng).to(device)
                 _, class_replay = discriminator(replay_x[pick])
-                loss_class = w_real * loss_class + (1 - w_real) * F.cross_entropy(class_replay, replay_y[pick])
+                loss_class = F.cross_entropy(torch.cat([class_real, class_replay]), torch.cat([y, replay_y[pick]]))
             loss_d = critic_fake.mean() - critic_real.mean() + config.lambda_gp * gp + loss_class
             loss_d.backward()
             opt_d.step()
