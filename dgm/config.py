@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATASETS = ("mnist", "fashion-mnist", "svhn", "cifar10", "imagenet50", "mnist5k")
-METHODS = ("dgmw", "dgma")
+DGM_METHODS = ("dgmw", "dgma")
+# Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
+# data (upper bound), fine-tuning one classifier without replay (lower bound), and conditional-GAN
+# generative replay without masks or expansion.
+BASELINES = ("joint", "finetune", "replay")
+METHODS = DGM_METHODS + BASELINES
 ARCHS = ("dcgan", "mlp")
 
 
@@ -44,8 +49,8 @@ class TrainConfig:
     ngf: int = 6                      # generator width (dcgan: channels of the last hidden layer)
     ndf: int = 32                     # discriminator width
     hidden: int = 256                 # mlp generator / discriminator hidden units
-    s_max: float | None = None        # None: 1e4 for dgmw, 1e5 for dgma (official configs)
-    lambda_reg: float | None = None   # None: 0.08 for dgmw, 0.01 for dgma (official configs)
+    s_max: float | None = None        # None: 1e4 for dgmw, 1e5 for dgma (official configs); dgm methods only
+    lambda_reg: float | None = None   # None: 0.08 for dgmw, 0.01 for dgma (official configs); dgm methods only
     lambda_gp: float = 1.0
     replay_per_class: int | None = None  # generated samples per old class; None: as many as real per class
     val_fraction: float = 0.15

@@ -1,9 +1,15 @@
 """The continual run: for each task, learn it with replay of all earlier classes, consolidate the
 generator's masks, grow the generator, evaluate every class seen so far, checkpoint.
 
-:func:`train_task` is one task of training; :func:`run` is the whole run with evaluation,
-reporting and resume. Randomness is seeded per task from ``(seed, task)``, so a run resumed from
-the checkpoint after task ``t`` continues exactly as the unbroken run would have.
+:func:`train_task` is one task of DGM; :func:`run` is the whole run of any method with evaluation,
+reporting and resume. A method is a *learner* (:class:`DGMLearner` here, the baselines in
+:mod:`dgm.baselines`): what it carries from task to task, with ``train_task(task, old_tasks,
+reporter)`` returning the classifier to evaluate (a discriminator whose classifier head covers
+every class seen), ``state_dict()`` / ``load_state_dict()`` (the checkpoint entries resuming
+needs), ``generator_size()`` (shared generator weights and units per layer, or ``(0, None)``)
+and ``samples(tasks)`` (the task-end image grid). Randomness is seeded per task from ``(seed,
+task)`` (:func:`task_rng`), so a run resumed from the checkpoint after task ``t`` continues exactly
+as the unbroken run would have.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch.nn.functional as F
 
 from . import ops
 from .checkpoint import CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import DGM_METHODS, TrainConfig
 from .data import load_dataset, split_tasks
 from .masks import compensate_logit_grad_, sharpness, sparsity_regularizer
 from .metrics import build_metrics
@@ -54,11 +60,12 @@ def _task_seed(seed: int, task: int) -> int:
 @torch.no_grad()
 def generate_replay(generator, old_tasks, per_class: int, batch_size: int, seed: int):
     """``per_class`` generated images of every class of every consolidated task in ``old_tasks``,
-    each under its own task's mask, rows of all tasks together in each batch."""
+    each under its own task's mask, rows of all tasks together in each batch. Also the task-end
+    sample grid (one row of ``per_class`` images per class)."""
     labels = torch.cat([torch.full((per_class,), c, dtype=torch.long) for task in old_tasks for c in task.classes])
     row_task = torch.cat([torch.full((per_class * len(task.classes),), task.index, dtype=torch.long)
                           for task in old_tasks])
-    device = generator.body[0].weight.device
+    device = next(generator.parameters()).device
     labels, row_task = labels.to(device), row_task.to(device)
     rng = torch.Generator(device=device).manual_seed(seed)
     was_training = generator.training
@@ -69,78 +76,113 @@ def generate_replay(generator, old_tasks, per_class: int, batch_size: int, seed:
     return images, labels
 
 
+def task_rng(config: TrainConfig, task) -> torch.Generator:
+    """Seed the global RNG (initialisations, gradient penalty) and return the generator of the
+    task's own draws (batch order, replay picks), both from ``(seed, task)``."""
+    torch.manual_seed(_task_seed(config.seed, task.index))
+    return torch.Generator().manual_seed(_task_seed(config.seed, task.index))
+
+
+def adam(params, config: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, 0.999))
+
+
+def minibatches(n: int, config: TrainConfig, rng: torch.Generator, reporter: Reporter, task, device):
+    """``config.epochs`` epochs over ``n`` samples, a fresh order from ``rng`` each epoch; yields
+    ``(epoch, step, steps_per_epoch, indices)``."""
+    steps = max(1, -(-n // config.batch_size))
+    for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
+        order = torch.randperm(n, generator=rng).to(device)
+        for b in range(steps):
+            yield epoch, b, steps, order[b * config.batch_size:(b + 1) * config.batch_size]
+
+
+def replay_for(generator, task, old_tasks, config: TrainConfig, n_real: int):
+    """The replay of every class of ``old_tasks`` for learning ``task``, or ``None`` at the first
+    task: ``(images, labels, batch)``. Generated once, before the generator learns ``task``, so by
+    the generator as it was after the previous task. ``batch`` is how many replayed images each
+    step adds to the classifier's batch: as many per earlier class as real images per new class,
+    so all classes seen weigh the same."""
+    if not old_tasks:
+        return None
+    per_class = config.replay_per_class or max(1, n_real // len(task.classes))
+    images, labels = generate_replay(generator, old_tasks, per_class, config.batch_size,
+                                     _task_seed(config.seed, task.index))
+    old_classes = sum(len(t.classes) for t in old_tasks)
+    return images, labels, config.batch_size * old_classes // len(task.classes)
+
+
+def replay_batch(replay, rng: torch.Generator):
+    """A random batch (with replacement) of the replay from :func:`replay_for`."""
+    images, labels, batch = replay
+    pick = torch.randint(0, labels.shape[0], (batch,), generator=rng).to(labels.device)
+    return images[pick], labels[pick]
+
+
+def discriminator_loss(discriminator, real_x, real_y, fake, lambda_gp: float, replay=None):
+    """WGAN-GP critic loss on ``real_x`` vs ``fake`` plus the classifier's cross-entropy on the real
+    images and, when given, the ``replay`` batch ``(images, labels)`` (which the critic does not
+    see). Returns ``(loss, classifier loss, gradient penalty)``."""
+    critic_real, class_real = discriminator(real_x)
+    critic_fake, _ = discriminator(fake)
+    gp = gradient_penalty(lambda v: discriminator(v)[0], real_x, fake)
+    logits, labels = class_real, real_y
+    if replay is not None:
+        logits = torch.cat([class_real, discriminator(replay[0])[1]])
+        labels = torch.cat([real_y, replay[1]])
+    loss_class = F.cross_entropy(logits, labels)
+    return critic_fake.mean() - critic_real.mean() + lambda_gp * gp + loss_class, loss_class, gp
+
+
 def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Reporter, device: torch.device):
     """Learn ``task``: WGAN-GP + auxiliary classifier on its real data plus replay of ``old_tasks``,
     the generator's current mask annealed and regularised towards sparsity. Returns the new
     discriminator (its classifier covers every class seen so far)."""
     seen = sum(len(t.classes) for t in old_tasks) + len(task.classes)
-    torch.manual_seed(_task_seed(config.seed, task.index))
-    rng = torch.Generator().manual_seed(_task_seed(config.seed, task.index))
-    channels = task.train.channels
-    discriminator = build_discriminator(config, seen, channels).to(device)
+    rng = task_rng(config, task)
+    discriminator = build_discriminator(config, seen, task.train.channels).to(device)
     generator.prepare_task(list(task.classes))
     generator.train()
 
     real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
-    replay_x = replay_y = None
-    if old_tasks:
-        per_class = config.replay_per_class or max(1, real_y.shape[0] // len(task.classes))
-        replay_x, replay_y = generate_replay(generator, old_tasks, per_class, config.batch_size,
-                                             _task_seed(config.seed, task.index))
-    # Every step the classifier sees as many replayed images per earlier class as real images per
-    # new class, so all classes seen weigh the same.
-    replay_batch = config.batch_size * (seen - len(task.classes)) // len(task.classes)
+    replay = replay_for(generator, task, old_tasks, config, real_y.shape[0])
 
-    betas = (config.beta1, 0.999)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
+    opt_d = adam(discriminator.parameters(), config)
     logits = [p for layer in generator.masked_layers() for p in layer.logits()]
     weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
     opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
-                       lr=config.lr, betas=betas, backend="reference" if generator_backend(generator) == "reference"
-                       else "auto")
+                       lr=config.lr, betas=(config.beta1, 0.999),
+                       backend="reference" if generator_backend(generator) == "reference" else "auto")
     opt_g.set_reserved(reserved_masks(generator))  # reserved weights and their moments never move
     s_max = config.resolved_s_max
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
 
-    n = real_y.shape[0]
-    batches = max(1, -(-n // config.batch_size))
-    for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
-        order = torch.randperm(n, generator=rng).to(device)
-        for b in range(batches):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            x, y = real_x[idx], real_y[idx]
-            s = sharpness(epoch, config.epochs, b, batches, s_max)
-            generator.set_sharpness(s)
+    for epoch, b, batches, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
+        x, y = real_x[idx], real_y[idx]
+        s = sharpness(epoch, config.epochs, b, batches, s_max)
+        generator.set_sharpness(s)
 
-            # Discriminator: critic on real vs fake of this task, classifier on real + replay.
-            opt_d.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                fake = generator(generator.noise(y), y)
-            critic_real, class_real = discriminator(x)
-            critic_fake, _ = discriminator(fake)
-            gp = gradient_penalty(lambda v: discriminator(v)[0], x, fake)
-            if replay_x is None:
-                loss_class = F.cross_entropy(class_real, y)
-            else:
-                pick = torch.randint(0, replay_y.shape[0], (replay_batch,), generator=rng).to(device)
-                _, class_replay = discriminator(replay_x[pick])
-                loss_class = F.cross_entropy(torch.cat([class_real, class_replay]), torch.cat([y, replay_y[pick]]))
-            loss_d = critic_fake.mean() - critic_real.mean() + config.lambda_gp * gp + loss_class
-            loss_d.backward()
-            opt_d.step()
+        # Discriminator: critic on real vs fake of this task, classifier on real + replay.
+        opt_d.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = generator(generator.noise(y), y)
+        loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, config.lambda_gp,
+                                                    None if replay is None else replay_batch(replay, rng))
+        loss_d.backward()
+        opt_d.step()
 
-            # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
-            opt_g.zero_grad(set_to_none=True)
-            critic_gen, _ = discriminator(generator(generator.noise(y), y))
-            reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
-            loss_g = -critic_gen.mean() + lambda_reg * reg
-            loss_g.backward()
-            for p in logits:
-                compensate_logit_grad_(p, s, s_max)
-            opt_g.step()
+        # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
+        opt_g.zero_grad(set_to_none=True)
+        critic_gen, _ = discriminator(generator(generator.noise(y), y))
+        reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
+        loss_g = -critic_gen.mean() + lambda_reg * reg
+        loss_g.backward()
+        for p in logits:
+            compensate_logit_grad_(p, s, s_max)
+        opt_g.step()
 
-            scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "reg": reg}
-            reporter.log_step(task.index, epoch, b, {**{k: v.detach() for k, v in scalars.items()}, "s": s})
+        scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "reg": reg}
+        reporter.log_step(task.index, epoch, b, {**{k: v.detach() for k, v in scalars.items()}, "s": s})
     generator.consolidate_and_expand()
     return discriminator
 
@@ -160,18 +202,40 @@ def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.de
     return counts
 
 
-@torch.no_grad()
-def sample_grid(generator, tasks, per_class: int, seed: int):
-    """``per_class`` samples of every class seen, each under its own task's mask."""
-    generator.eval()
-    rng = torch.Generator(device=generator.body[0].weight.device).manual_seed(seed)
-    rows = []
-    for task in tasks:
-        labels = torch.tensor([c for c in task.classes for _ in range(per_class)],
-                              device=generator.body[0].weight.device)
-        rows.append(generator(generator.noise(labels, rng), labels, task=task.index))
-    generator.train()
-    return torch.cat(rows)
+class GenerativeLearner:
+    """A method whose memory is a conditional generator (checkpointed as ``"generator"``)."""
+
+    def __init__(self, generator, config: TrainConfig, device: torch.device):
+        self.generator, self.config, self.device = generator, config, device
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+
+    def samples(self, tasks):
+        """Eight generated images of every class of ``tasks``, one row per class."""
+        return generate_replay(self.generator, tasks, 8, self.config.batch_size, self.config.seed)[0]
+
+
+class DGMLearner(GenerativeLearner):
+    """DGMw / DGMa: the masked, growing generator; the discriminator is rebuilt every task."""
+
+    def train_task(self, task, old_tasks, reporter: Reporter):
+        return train_task(self.generator, task, old_tasks, self.config, reporter, self.device)
+
+    def generator_size(self) -> tuple[int, list[int]]:
+        body = self.generator.body
+        return sum(layer.active_weight().numel() for layer in body), [layer.out_units for layer in body]
+
+
+def build_learner(config: TrainConfig, num_classes: int, channels: int, backend: str, device: torch.device):
+    """The learner of ``config.method`` (see the module doc)."""
+    if config.method in DGM_METHODS:
+        return DGMLearner(build_generator(config, num_classes, channels, backend).to(device), config, device)
+    from .baselines import build_baseline  # the baselines build on this module's helpers
+    return build_baseline(config, num_classes, channels, device)
 
 
 def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
@@ -196,7 +260,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     tasks = split_tasks(train, test, config.classes_per_task, config.tasks, config.val_fraction,
                         config.train_per_class, config.seed)
     torch.manual_seed(config.seed)
-    generator = build_generator(config, train.num_classes, train.channels, backend).to(device)
+    learner = build_learner(config, train.num_classes, train.channels, backend, device)
     history = {"test": [], "val": [], "generator_params": [], "growth": [], "wall_time_s": []}
 
     start = 0
@@ -207,7 +271,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     if path is not None:
         state = load_checkpoint(path, map_location=device)
         _check_resumable(state["config"], config, path)
-        generator.load_state_dict(state["generator"])
+        learner.load_state_dict(state)
         history, start = state["history"], state["next_task"]
 
     reporter = reporter if reporter is not None else Reporter(out)
@@ -216,18 +280,20 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     try:
         for t in range(start, len(tasks)):
             began = time.perf_counter()
-            discriminator = train_task(generator, tasks[t], tasks[:t], config, reporter, device)
+            discriminator = learner.train_task(tasks[t], tasks[:t], reporter)
             history["wall_time_s"].append(time.perf_counter() - began)
             history["test"].append(evaluate(discriminator, tasks[: t + 1], "test", config.batch_size, device))
             history["val"].append(evaluate(discriminator, tasks[: t + 1], "val", config.batch_size, device))
-            history["generator_params"].append(sum(layer.active_weight().numel() for layer in generator.body))
-            history["growth"].append([layer.out_units for layer in generator.body])
+            params, units = learner.generator_size()
+            history["generator_params"].append(params)
+            if units is not None:
+                history["growth"].append(units)
             metrics = build_metrics(config.to_dict(), [list(task.classes) for task in tasks[: t + 1]], history,
                                     device=str(device), backend=backend)
-            reporter.task_end(t, metrics, sample_grid(generator, tasks[: t + 1], 8, config.seed), 8)
+            reporter.task_end(t, metrics, learner.samples(tasks[: t + 1]), 8)
             save_checkpoint(checkpoint_path(out, t),
                             {"config": config.to_dict(), "next_task": t + 1, "history": history,
-                             "generator": generator.state_dict()})
+                             **learner.state_dict()})
     finally:
         reporter.close()
     if metrics is None:  # every task was done before this resume

@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist5k)")
     run.add_argument("--data-root", metavar="DIR", help="where the datasets are (default: the data module's)")
     run.add_argument("--download", action=argparse.BooleanOptionalAction, help="download missing datasets")
-    run.add_argument("--method", choices=METHODS, help="dgmw: weight masks; dgma: activation masks")
+    run.add_argument("--method", choices=METHODS,
+                     help="dgmw: weight masks; dgma: activation masks; baselines: joint (real data of all "
+                          "tasks so far, upper bound), finetune (new task only, lower bound), replay "
+                          "(generative replay without masks or expansion)")
     run.add_argument("--tasks", type=int, metavar="N", help="train the first N tasks (default: all)")
     run.add_argument("--classes-per-task", type=int, metavar="N", help="classes per task (default 1)")
     run.add_argument("--epochs", type=int, metavar="N", help="epochs per task")
@@ -63,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ndf", type=int, help="discriminator width")
     model.add_argument("--hidden", type=int, help="hidden units of the mlp arch")
     dgm = p.add_argument_group("DGM")
-    dgm.add_argument("--s-max", type=float, help="mask annealing maximum (default 1e4 dgmw, 1e5 dgma)")
-    dgm.add_argument("--lambda-reg", type=float, help="sparsity regulariser weight (default 0.08 dgmw, 0.01 dgma)")
+    dgm.add_argument("--s-max", type=float, help="mask annealing maximum (default 1e4 dgmw, 1e5 dgma; "
+                                                 "dgm methods only)")
+    dgm.add_argument("--lambda-reg", type=float, help="sparsity regulariser weight (default 0.08 dgmw, 0.01 dgma; "
+                                                      "dgm methods only)")
     dgm.add_argument("--lambda-gp", type=float, help="WGAN gradient-penalty weight")
     dgm.add_argument("--replay-per-class", type=int, metavar="N", help="generated samples per old class")
     dgm.add_argument("--val-fraction", type=float, help="share of train held out for validation")
