@@ -43,3 +43,20 @@ def synced():
             return out
         return run
     return wrap
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record what the figures were measured on (read back by ``benchmarks/report.py``)."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    machine_info["dgm"] = {
+        "device": torch.cuda.get_device_name() if ON_GPU else machine_info.get("cpu", {}).get("brand_raw") or "cpu",
+        "device_type": "cuda" if ON_GPU else "cpu",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+    }
