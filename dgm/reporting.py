@@ -130,23 +130,27 @@ class Reporter:
                     self._tb.add_scalar(f"task{keys['task']}/{name}", value, n)
         self._csv.flush()
 
-    def task_end(self, task: int, metrics: dict, samples: torch.Tensor, sample_nrow: int) -> None:
-        """Write the samples grid of ``task`` (``samples``: ``[N, C, H, W]`` in ``[-1, 1]``), the
-        accuracy heatmap and ``metrics.json`` (from :func:`~dgm.metrics.build_metrics`)."""
+    def task_end(self, task: int, metrics: dict, samples: torch.Tensor | None, sample_nrow: int) -> None:
+        """Write the samples grid of ``task`` (``samples``: ``[N, C, H, W]`` in ``[-1, 1]``; ``None``
+        for a method without a generator), the accuracy heatmap and ``metrics.json`` (from
+        :func:`~dgm.metrics.build_metrics`)."""
         from torchvision.utils import make_grid, save_image
 
         self.flush()
-        if not isinstance(samples, torch.Tensor) or samples.dim() != 4:
-            got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-            raise ValueError(f"samples must be a tensor [N, C, H, W], got {got}")
-        grid = make_grid(samples.detach().float().cpu(), nrow=sample_nrow, normalize=True, value_range=(-1, 1))
-        atomic_write(self.out / f"samples_task{task}.png", lambda f: save_image(grid, f, format="png"))
+        grid = None
+        if samples is not None:
+            if not isinstance(samples, torch.Tensor) or samples.dim() != 4:
+                got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+                raise ValueError(f"samples must be a tensor [N, C, H, W] or None, got {got}")
+            grid = make_grid(samples.detach().float().cpu(), nrow=sample_nrow, normalize=True, value_range=(-1, 1))
+            atomic_write(self.out / f"samples_task{task}.png", lambda f: save_image(grid, f, format="png"))
         png = plot_accuracy_matrix(metrics["accuracy_matrix"], metrics["A"])
         atomic_write(self.out / "accuracy_matrix.png", lambda f: f.write(png))
         _write_json(self.out / "metrics.json", metrics)
         if self._tb is not None:
             self._tb.add_scalar("eval/A", metrics["A"][-1], task)
-            self._tb.add_image("samples", grid, task)
+            if grid is not None:
+                self._tb.add_image("samples", grid, task)
             self._tb.flush()
         self._say(f"task {task}: A = {metrics['A'][-1]:.4f} (accuracy over the classes of tasks 0..{task})")
 

@@ -90,8 +90,15 @@ def test_task_end_writes_samples_heatmap_and_metrics(tmp_path):
 def test_task_end_rejects_samples_that_are_not_image_batches(tmp_path):
     with Reporter(tmp_path, show_progress=False, tensorboard=False) as rep:
         rep.start({}, None)
-        with pytest.raises(ValueError, match=r"samples must be a tensor \[N, C, H, W\], got \(3, 8, 8\)"):
+        with pytest.raises(ValueError, match=r"samples must be a tensor \[N, C, H, W\] or None, got \(3, 8, 8\)"):
             rep.task_end(0, _metrics([[(1, 1)]]), torch.zeros(3, 8, 8), 4)
+
+
+def test_task_end_without_samples_writes_no_grid(tmp_path):
+    with Reporter(tmp_path, show_progress=False, tensorboard=False) as rep:
+        rep.start({}, None)
+        rep.task_end(0, _metrics([[(1, 1)]]), None, 4)
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "samples_task0.png").exists()
 
 
 def test_heatmap_handles_many_tasks():
