@@ -8,8 +8,7 @@ Columns: ``reference`` (``--backend reference``) and ``fused`` (what ``--fused``
 ones: on a GPU the paper's MNIST and CIFAR-10 sizes; on a CPU the small MLP config at batch 16
 (the fused column skips there: ``--fused`` runs the reference on a CPU).
 
-:func:`_step` is a copy of the loop body of ``train_task`` (the trainer exposes no step function);
-keep the two in step.
+It calls the trainer's own :func:`~dgm.trainer.begin_task` and :func:`~dgm.trainer.train_step`.
 """
 
 from pathlib import Path
@@ -17,14 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dgm import ops
 from dgm.config import TrainConfig, load_config_file
-from dgm.masks import compensate_logit_grad_, sparsity_regularizer
-from dgm.models import gradient_penalty
-from dgm.optim import FrozenAdam, reserved_masks
-from dgm.trainer import build_discriminator, build_generator, generate_replay, generator_backend
+from dgm.trainer import begin_task, build_generator, train_step
 
 ON_GPU = torch.cuda.is_available()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -42,8 +37,8 @@ def _config(name: str, overrides, device: torch.device) -> TrainConfig:
 
 
 def _task_state(config: TrainConfig, backend: str, device: torch.device):
-    """Everything ``train_task`` sets up before its loop, for task ``DONE`` after ``DONE`` tasks
-    learned with random masks (task k: class k)."""
+    """:func:`~dgm.trainer.begin_task` of task ``DONE`` after ``DONE`` tasks learned with random
+    masks (task k: class k), and a real-sized batch."""
     torch.manual_seed(config.seed)
     channels = CHANNELS[config.dataset]
     generator = build_generator(config, NUM_CLASSES, channels, backend).to(device)
@@ -54,55 +49,13 @@ def _task_state(config: TrainConfig, backend: str, device: torch.device):
                 for p in layer.logits():
                     p.copy_(torch.where(torch.rand_like(p) < 0.2, 1.0, -1.0))
         generator.consolidate_and_expand()
-    discriminator = build_discriminator(config, DONE + 1, channels).to(device)
-    generator.prepare_task([DONE])
-    generator.train()
+    train = SimpleNamespace(channels=channels)
+    task = SimpleNamespace(index=DONE, classes=(DONE,), train=train)
     old_tasks = [SimpleNamespace(index=k, classes=(k,)) for k in range(DONE)]
-    replay_x, replay_y = generate_replay(generator, old_tasks, config.batch_size, config.batch_size, config.seed)
-    betas = (config.beta1, 0.999)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr, betas=betas)
-    logits = [p for layer in generator.masked_layers() for p in layer.logits()]
-    weights = [p for p in generator.task_parameters([DONE]) if all(p is not q for q in logits)]
-    opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
-                       lr=config.lr, betas=betas, backend="reference" if generator_backend(generator) == "reference"
-                       else "auto")
-    opt_g.set_reserved(reserved_masks(generator))
-    return SimpleNamespace(
-        g=generator, d=discriminator, opt_g=opt_g, opt_d=opt_d, logits=logits, replay_x=replay_x, replay_y=replay_y,
-        w_real=1 / (DONE + 1), s_max=config.resolved_s_max, s=config.resolved_s_max / 2,
-        lambda_reg=config.resolved_lambda_reg * generator.units() / generator.initial_units,
-        lambda_gp=config.lambda_gp, rng=torch.Generator().manual_seed(config.seed),
-        x=torch.rand(config.batch_size, channels, config.image_size, config.image_size, device=device) * 2 - 1,
-        y=torch.full((config.batch_size,), DONE, dtype=torch.long, device=device))
-
-
-def _step(st) -> None:
-    """The loop body of ``train_task`` (less the reporter's logging)."""
-    g, d, x, y = st.g, st.d, st.x, st.y
-    g.set_sharpness(st.s)
-
-    st.opt_d.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        fake = g(g.noise(y), y)
-    critic_real, class_real = d(x)
-    critic_fake, _ = d(fake)
-    gp = gradient_penalty(lambda v: d(v)[0], x, fake)
-    pick = torch.randint(0, st.replay_y.shape[0], (y.shape[0],), generator=st.rng).to(x.device)
-    _, class_replay = d(st.replay_x[pick])
-    loss_class = st.w_real * F.cross_entropy(class_real, y) + \
-        (1 - st.w_real) * F.cross_entropy(class_replay, st.replay_y[pick])
-    loss_d = critic_fake.mean() - critic_real.mean() + st.lambda_gp * gp + loss_class
-    loss_d.backward()
-    st.opt_d.step()
-
-    st.opt_g.zero_grad(set_to_none=True)
-    critic_gen, _ = d(g(g.noise(y), y))
-    reg = sparsity_regularizer(layer.mask_usage() for layer in g.masked_layers())
-    loss_g = -critic_gen.mean() + st.lambda_reg * reg
-    loss_g.backward()
-    for p in st.logits:
-        compensate_logit_grad_(p, st.s, st.s_max)
-    st.opt_g.step()
+    state = begin_task(generator, task, old_tasks, config.batch_size, config, device)
+    x = torch.rand(config.batch_size, channels, config.image_size, config.image_size, device=device) * 2 - 1
+    y = torch.full((config.batch_size,), DONE, dtype=torch.long, device=device)
+    return state, x, y, config.resolved_s_max / 2, torch.Generator().manual_seed(config.seed)
 
 
 def _run_id(run) -> str:
@@ -120,6 +73,6 @@ def test_training_step(benchmark, run, impl, device, synced):
         backend = ops.fastest_backend(device)
         if backend == "reference":
             pytest.skip(f"fused column: --fused runs the reference here ({ops.fused_unavailable_reason(device)})")
-    st = _task_state(_config(name, overrides, device), backend, device)
-    _step(st)  # optimiser state and kernel caches outside the timing
-    benchmark(synced(lambda: _step(st)))
+    state, x, y, s, rng = _task_state(_config(name, overrides, device), backend, device)
+    train_step(state, x, y, s, rng)  # optimiser state and kernel caches outside the timing
+    benchmark(synced(lambda: train_step(state, x, y, s, rng)))

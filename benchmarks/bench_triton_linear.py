@@ -48,10 +48,10 @@ def test_forward(benchmark, shape, impl, device, synced):
     _, w, x, logits, frozen = _inputs(shape, device)
     if impl == "limit":
         plain = w.contiguous()
-        fn = lambda: F.linear(x, plain)  # noqa: E731
+        fn = lambda: F.linear(x, plain)
     else:
         mod = _module(impl)
-        fn = lambda: mod.linear(x, w, None, logits=logits, s=2.0, frozen_bits=frozen)  # noqa: E731
+        fn = lambda: mod.linear(x, w, None, logits=logits, s=2.0, frozen_bits=frozen)
     with torch.no_grad():
         benchmark(synced(fn))
 
@@ -86,9 +86,9 @@ def test_replay(benchmark, shape, impl, device, synced):
     row_task = torch.randint(0, TASKS, (batch,), device=device)
     if impl == "limit":
         plain = w.contiguous()
-        fn = lambda: F.linear(x, plain)  # noqa: E731
+        fn = lambda: F.linear(x, plain)
     else:
         mod = _module(impl)
-        fn = lambda: mod.linear(x, w, None, bits=task_bits, row_task=row_task)  # noqa: E731
+        fn = lambda: mod.linear(x, w, None, bits=task_bits, row_task=row_task)
     with torch.no_grad():
         benchmark(synced(fn))

@@ -1,13 +1,13 @@
 """The continual run: for each task, learn it with replay of all earlier classes, consolidate the
 generator's masks, grow the generator, evaluate every class seen so far, checkpoint.
 
-:func:`train_task` is one task of DGM; :func:`run` is the whole run of any method with evaluation,
+:func:`train_task` is one task of DGM (:func:`begin_task`, then :func:`train_step` per batch); :func:`run` is the whole run of any method with evaluation,
 reporting and resume. A method is a *learner* (:class:`DGMLearner` here, the baselines in
 :mod:`dgm.baselines`): what it carries from task to task, with ``train_task(task, old_tasks,
 reporter)`` returning the classifier to evaluate (a discriminator whose classifier head covers
 every class seen), ``state_dict()`` / ``load_state_dict()`` (the checkpoint entries resuming
 needs), ``generator_size()`` (shared generator weights and units per layer, or ``(0, None)``)
-and ``samples(tasks)`` (the task-end image grid). Randomness is seeded per task from ``(seed,
+and ``samples(tasks)`` (the task-end image grid, or ``None`` without a generator). Randomness is seeded per task from ``(seed,
 task)`` (:func:`task_rng`), so a run resumed from the checkpoint after task ``t`` continues exactly
 as the unbroken run would have.
 """
@@ -15,6 +15,7 @@ as the unbroken run would have.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from .config import DGM_METHODS, TrainConfig
 from .data import load_dataset, split_tasks
 from .masks import compensate_logit_grad_, sharpness, sparsity_regularizer
 from .metrics import build_metrics
-from .models import DCGANGenerator, MLPGenerator, dcgan_discriminator, gradient_penalty, mlp_discriminator
+from .models import (DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator, dcgan_discriminator,
+                     gradient_penalty, mlp_discriminator)
 from .optim import FrozenAdam, reserved_masks
 from .reporting import Reporter
 
@@ -134,57 +136,81 @@ def discriminator_loss(discriminator, real_x, real_y, fake, lambda_gp: float, re
     return critic_fake.mean() - critic_real.mean() + lambda_gp * gp + loss_class, loss_class, gp
 
 
-def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Reporter, device: torch.device):
-    """Learn ``task``: WGAN-GP + auxiliary classifier on its real data plus replay of ``old_tasks``,
-    the generator's current mask annealed and regularised towards sparsity. Returns the new
-    discriminator (its classifier covers every class seen so far)."""
+@dataclass
+class TaskTraining:
+    """One DGM task being learned: everything :func:`train_step` updates."""
+
+    generator: MaskedGenerator
+    discriminator: Discriminator
+    opt_d: torch.optim.Optimizer
+    opt_g: FrozenAdam
+    logits: list[torch.nn.Parameter]
+    replay: tuple | None
+    s_max: float
+    lambda_reg: float
+    lambda_gp: float
+
+
+def begin_task(generator, task, old_tasks, n_real: int, config: TrainConfig, device: torch.device) -> TaskTraining:
+    """Set up learning ``task``: a new discriminator over every class seen, the generator's norms
+    and heads for the task, the replay of ``old_tasks``, and the optimisers (the generator's keeps
+    reserved weights and their moments where they are)."""
     seen = sum(len(t.classes) for t in old_tasks) + len(task.classes)
-    rng = task_rng(config, task)
     discriminator = build_discriminator(config, seen, task.train.channels).to(device)
     generator.prepare_task(list(task.classes))
     generator.train()
-
-    real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
-    replay = replay_for(generator, task, old_tasks, config, real_y.shape[0])
-
-    opt_d = adam(discriminator.parameters(), config)
+    replay = replay_for(generator, task, old_tasks, config, n_real)
     logits = [p for layer in generator.masked_layers() for p in layer.logits()]
     weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
     opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
                        lr=config.lr, betas=(config.beta1, 0.999),
                        backend="reference" if generator_backend(generator) == "reference" else "auto")
-    opt_g.set_reserved(reserved_masks(generator))  # reserved weights and their moments never move
-    s_max = config.resolved_s_max
-    lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
+    opt_g.set_reserved(reserved_masks(generator))
+    return TaskTraining(generator, discriminator, adam(discriminator.parameters(), config), opt_g, logits, replay,
+                        config.resolved_s_max, config.resolved_lambda_reg * generator.units() / generator.initial_units,
+                        config.lambda_gp)
 
+
+def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float, rng: torch.Generator) -> dict:
+    """One step on a real batch ``(x, y)`` at sharpness ``s``; returns the losses (as tensors: no
+    host sync)."""
+    generator, discriminator = state.generator, state.discriminator
+    generator.set_sharpness(s)
+
+    # Discriminator: critic on real vs fake of this task, classifier on real + replay.
+    state.opt_d.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fake = generator(generator.noise(y), y)
+    loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, state.lambda_gp,
+                                                None if state.replay is None else replay_batch(state.replay, rng))
+    loss_d.backward()
+    state.opt_d.step()
+
+    # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
+    state.opt_g.zero_grad(set_to_none=True)
+    critic_gen, _ = discriminator(generator(generator.noise(y), y))
+    reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
+    loss_g = -critic_gen.mean() + state.lambda_reg * reg
+    loss_g.backward()
+    for p in state.logits:
+        compensate_logit_grad_(p, s, state.s_max)
+    state.opt_g.step()
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "class": loss_class.detach(),
+            "gp": gp.detach(), "reg": reg.detach()}
+
+
+def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Reporter, device: torch.device):
+    """Learn ``task``: WGAN-GP + auxiliary classifier on its real data plus replay of ``old_tasks``,
+    the generator's current mask annealed and regularised towards sparsity; then consolidate and
+    grow the generator. Returns the discriminator (its classifier covers every class seen)."""
+    rng = task_rng(config, task)
+    real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
+    state = begin_task(generator, task, old_tasks, real_y.shape[0], config, device)
     for epoch, b, batches, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
-        x, y = real_x[idx], real_y[idx]
-        s = sharpness(epoch, config.epochs, b, batches, s_max)
-        generator.set_sharpness(s)
-
-        # Discriminator: critic on real vs fake of this task, classifier on real + replay.
-        opt_d.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            fake = generator(generator.noise(y), y)
-        loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, config.lambda_gp,
-                                                    None if replay is None else replay_batch(replay, rng))
-        loss_d.backward()
-        opt_d.step()
-
-        # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
-        opt_g.zero_grad(set_to_none=True)
-        critic_gen, _ = discriminator(generator(generator.noise(y), y))
-        reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
-        loss_g = -critic_gen.mean() + lambda_reg * reg
-        loss_g.backward()
-        for p in logits:
-            compensate_logit_grad_(p, s, s_max)
-        opt_g.step()
-
-        scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "reg": reg}
-        reporter.log_step(task.index, epoch, b, {**{k: v.detach() for k, v in scalars.items()}, "s": s})
+        s = sharpness(epoch, config.epochs, b, batches, state.s_max)
+        reporter.log_step(task.index, epoch, b, {**train_step(state, real_x[idx], real_y[idx], s, rng), "s": s})
     generator.consolidate_and_expand()
-    return discriminator
+    return state.discriminator
 
 
 @torch.no_grad()
