@@ -202,20 +202,42 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float, 
 def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Reporter, device: torch.device):
     """Learn ``task``: WGAN-GP + auxiliary classifier on its real data plus replay of ``old_tasks``,
     the generator's current mask annealed and regularised towards sparsity; then consolidate and
-    grow the generator. Returns the discriminator (its classifier covers every class seen)."""
+    grow the generator. Returns the discriminator of the epoch whose classifier did best on the
+    validation data (its classifier covers every class seen)."""
     rng = task_rng(config, task)
     real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
     state = begin_task(generator, task, old_tasks, real_y.shape[0], config, device)
+    best = (-1.0, None)
     for epoch, b, batches, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
         s = sharpness(epoch, config.epochs, b, batches, state.s_max)
         reporter.log_step(task.index, epoch, b, {**train_step(state, real_x[idx], real_y[idx], s, rng), "s": s})
+        if b == batches - 1:
+            best = _keep_best(state.discriminator, [*old_tasks, task], config.batch_size, device, best)
+    if best[1] is not None:
+        state.discriminator.load_state_dict(best[1])
     generator.consolidate_and_expand()
     return state.discriminator
+
+
+def _keep_best(discriminator, tasks, batch_size: int, device: torch.device, best: tuple) -> tuple:
+    """``(accuracy, state)`` of the discriminator whose classifier scored best so far on the
+    validation images of every class seen (the paper's official protocol selects the epoch this
+    way): the critic and classifier share their features, and a late swing of the adversarial
+    game can spoil the classifier. Without validation data, nothing is kept."""
+    counts = evaluate(discriminator, tasks, "val", batch_size, device)
+    total = sum(n for _, n in counts)
+    if total == 0:
+        return best
+    accuracy = sum(c for c, _ in counts) / total
+    if accuracy <= best[0]:
+        return best
+    return accuracy, {k: v.detach().clone() for k, v in discriminator.state_dict().items()}
 
 
 @torch.no_grad()
 def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.device):
     """Per task: ``(correct, total)`` of the classifier over all classes seen, on ``split`` data."""
+    was_training = discriminator.training
     discriminator.eval()
     counts = []
     for task in tasks:
@@ -225,6 +247,7 @@ def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.de
             x, y = data.images[i:i + batch_size].to(device), data.labels[i:i + batch_size].to(device)
             correct += int((discriminator(x)[1].argmax(1) == y).sum())
         counts.append((correct, len(data)))
+    discriminator.train(was_training)
     return counts
 
 
