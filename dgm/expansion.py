@@ -1,6 +1,6 @@
 """Dynamic expansion: how much a generator layer grows after a task, and growing it in place.
 
-The rule (paper, Sec. 3.2 "Dynamic network expansion"; settled by the official code): after task
+The rule (the paper's "dynamic network expansion"; its details settled by the official code): after task
 ``t`` each layer grows by as much free capacity as task ``t`` newly reserved, so the free
 capacity a new task finds never shrinks.
 

@@ -14,7 +14,7 @@ def sharpness(epoch: int, epochs: int, batch: int, batches: int, s_max: float) -
     """Sharpness ``s`` at ``batch`` of ``epoch``: ``s = 1/s_max + (s_max - 1/s_max) * b / (B - 1)``.
 
     Within every epoch ``s`` grows linearly from ``1/s_max`` (an almost flat, trainable mask) to
-    ``s_max`` (an almost binary one), as in HAT (paper, Sec. 3.1). ``epoch``/``epochs`` only
+    ``s_max`` (an almost binary one), as in HAT, which the paper adopts. ``epoch``/``epochs`` only
     validate the position. Consolidation binarises at the limit (``logits > 0``).
     """
     if s_max < 1:
@@ -29,7 +29,7 @@ def compensate_logit_grad_(logits: torch.Tensor, s: float, s_max: float, clamp: 
     """HAT's compensation, in place: ``grad *= s_max / s * (cosh(clamp(s*e)) + 1) / (cosh(e) + 1)``.
 
     Without it the mask gradient ``s * m * (1 - m)`` vanishes while ``s`` is small (Serra et al.,
-    HAT, Sec. 2.5). The clamp keeps ``cosh`` finite.
+    HAT). The clamp keeps ``cosh`` finite.
     """
     if logits.grad is None:
         return
@@ -44,7 +44,7 @@ def sparsity_regularizer(terms) -> torch.Tensor:
 
     Each layer gives ``num = sum(m_t * (1 - m_<t))`` and ``den = sum(1 - m_<t)`` over its own
     mask entries (weights for DGMw, units for DGMa), so the ratio is the share of the still-free
-    capacity that the current task takes (paper, Eq. 3; summed over layers as in the official code).
+    capacity that the current task takes (the paper's sparsity regulariser; summed over layers as in the official code).
     """
     terms = list(terms)
     if not terms:
