@@ -16,6 +16,7 @@ its output bit-identical however much the layer grows later.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable
 
@@ -35,7 +36,7 @@ def _frozen(t: torch.Tensor, reserved: torch.Tensor | None) -> torch.Tensor:
     return t if reserved is None else torch.where(reserved, t.detach(), t)
 
 
-class MaskedLayer(nn.Module):
+class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
     """Base of :class:`~dgm.MaskedLinear`, :class:`~dgm.MaskedConv2d`, :class:`~dgm.MaskedConvTranspose2d`.
 
     Subclasses set ``_OP`` (the op's name in :mod:`dgm.ops`) and ``_OUT_DIM`` (the weight
@@ -82,11 +83,13 @@ class MaskedLayer(nn.Module):
         self._update_free()
 
     # -- shapes -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _weight_shape(self, out_units: int, in_units: int) -> tuple[int, ...]:
-        raise NotImplementedError
+        """Shape of the weight of ``out_units`` x ``in_units`` (the ``torch.nn`` layout)."""
 
+    @abc.abstractmethod
     def _op_args(self) -> tuple:
-        raise NotImplementedError
+        """The op's positional layer arguments after ``(x, weight, bias)`` (stride, padding, ...)."""
 
     def _view(self, t: torch.Tensor, out_units: int, in_units: int) -> torch.Tensor:
         """The corner of weight-shaped storage ``t`` that ``(out_units, in_units)`` use."""

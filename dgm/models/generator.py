@@ -13,6 +13,8 @@ Two bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's) 
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +28,7 @@ def dcgan_init_(w: torch.Tensor) -> None:
     nn.init.normal_(w, 0.0, 0.02)
 
 
-class MaskedGenerator(nn.Module):
+class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
     """Shared logic of the generators; subclasses build ``self.body`` and :meth:`_make_head`."""
 
     body: nn.ModuleList
@@ -46,14 +48,17 @@ class MaskedGenerator(nn.Module):
             layer.defer_unit_mask = True
 
     # -- structure ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def _norm(self, units: int) -> nn.Module:
-        raise NotImplementedError
+        """A task's norm after a layer of ``units`` outputs."""
 
+    @abc.abstractmethod
     def _make_head(self, in_units: int) -> nn.Module:
-        raise NotImplementedError
+        """A class's output layer, from the last hidden layer's ``in_units``."""
 
+    @abc.abstractmethod
     def _head_in_units(self, head: nn.Module) -> int:
-        raise NotImplementedError
+        """How many hidden units ``head`` reads."""
 
     def _to_body_input(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -206,8 +211,9 @@ class MaskedGenerator(nn.Module):
                     self.heads[c] = self._make_head(self._head_units_from(value)).to(self.body[0].weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @abc.abstractmethod
     def _head_units_from(self, weight: torch.Tensor) -> int:
-        raise NotImplementedError
+        """A head's input units, from its stored weight (to rebuild it from a state dict)."""
 
 
 def _kernel_area(layer: MaskedLayer) -> int:
