@@ -77,7 +77,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         for name in ("reserved_bits", "reserved_bias", "reserved_units", "reserved_in_units"):
             self.register_buffer(name, None)
         self._free = 0
-        self._rows_cache = None
+        self._cache: dict = {}  # masks derived from the buffers, dropped when they change
         self.version = 0
         self.reset_parameters()
         self._update_free()
@@ -245,7 +245,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
     def _row_masks(self):
         """Every consolidated task's masks at the current width (zero outside a task's units):
         weight bits, unit masks, bias masks, input-unit masks (DGMa)."""
-        if self._rows_cache is None:
+        if "rows" not in self._cache:
             shape = self.active_weight().shape
             weight_bits, units, biases, inputs = [], [], [], []
             for task in range(self.task):
@@ -261,27 +261,35 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
                     units.append(_pad_to(u, (self.out_units,)))
                     inputs.append(torch.arange(self.in_units, device=u.device) < in_units)
             dtype = self.weight.dtype
-            self._rows_cache = (
+            self._cache["rows"] = (
                 torch.stack(weight_bits) if weight_bits else None,
                 torch.stack(units).to(dtype) if units else None,
                 torch.stack(biases).to(dtype) if biases else None,
                 torch.stack(inputs).to(dtype) if inputs else None,
             )
-        return self._rows_cache
+        return self._cache["rows"]
 
     # -- task lifecycle -----------------------------------------------------------------------
     def mask_usage(self) -> tuple[torch.Tensor, int]:
         """``(sum(m_t * (1 - m_<t)), sum(1 - m_<t))`` of the current soft mask, for the regulariser."""
         if self.mask == "weight":
             m = torch.sigmoid(self.s * self._view(self.mask_logits, self.out_units, self.in_units))
-            reserved = None if self.reserved_bits is None else _bits.unpack(self.reserved_bits, m.shape)
-            parts = [(m, reserved)]
+            parts = [(m, self._reserved_weight())]
             if self.bias is not None:
                 parts.append((torch.sigmoid(self.s * self.bias_logits[: self.out_units]), self.reserved_bias))
         else:
             parts = [(torch.sigmoid(self.s * self.unit_logits[: self.out_units]), self.reserved_units)]
         num = sum((m if r is None else m.masked_fill(r, 0)).sum() for m, r in parts)
         return num, self._free
+
+    def _reserved_weight(self) -> torch.Tensor | None:
+        """The reserved weights as a bool tensor of the active shape, unpacked once per change of
+        the reserved bits rather than at every step."""
+        if self.reserved_bits is None:
+            return None
+        if "reserved" not in self._cache:
+            self._cache["reserved"] = _bits.unpack(self.reserved_bits, self.active_weight().shape)
+        return self._cache["reserved"]
 
     def logits(self) -> list[nn.Parameter]:
         """The mask parameters of the task being learned (for HAT's gradient compensation)."""
@@ -296,7 +304,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         masks = {"weight": weight}
         if self.mask == "weight":
             if self.reserved_bits is not None:
-                active.copy_(_bits.unpack(self.reserved_bits, active.shape))
+                active.copy_(self._reserved_weight())
             if self.bias is not None:
                 masks["bias"] = _pad_to(_or_false(self.reserved_bias, self.out_units, weight.device), self.bias.shape)
         else:
@@ -361,12 +369,12 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self._free = self.capacity() - self.reserved_count()
 
     def _apply(self, fn, *args, **kwargs):
-        self._rows_cache = None  # cached masks follow moves and casts
+        self._cache.clear()  # cached masks follow moves and casts
         return super()._apply(fn, *args, **kwargs)
 
     def _changed(self) -> None:
         self.version += 1  # consumers of the reserved masks (ReservedGuard) refresh on change
-        self._rows_cache = None
+        self._cache.clear()
         self._update_free()
 
     @torch.no_grad()
