@@ -12,7 +12,8 @@
   them exactly as DGM's does.
 
 The classifier is always the discriminator architecture of :func:`dgm.trainer.build_discriminator`
-(joint and finetune use its classifier head only), evaluated like DGM's. Each baseline is a
+(joint and finetune use its classifier head only), evaluated like DGM's, and, as in DGM, each task
+keeps the epoch whose classifier does best on the validation data of the classes seen. Each baseline is a
 learner of :func:`dgm.trainer.run` (see :mod:`dgm.trainer`).
 """
 
@@ -26,6 +27,7 @@ from .config import TrainConfig
 from .models.generator import dcgan_init_
 from .reporting import Reporter
 from .trainer import (
+    BestEpoch,
     GenerativeLearner,
     adam,
     build_discriminator,
@@ -33,6 +35,7 @@ from .trainer import (
     minibatches,
     replay_batch,
     replay_for,
+    replay_rng,
     task_rng,
 )
 
@@ -96,17 +99,18 @@ def train_replay_task(generator: ReplayGenerator, task, old_tasks, config: Train
     """Learn ``task`` by joint retraining on its real data plus the replay of ``old_tasks`` (see the
     module doc). Returns the new discriminator (its classifier covers every class seen so far)."""
     seen = sum(len(t.classes) for t in old_tasks) + len(task.classes)
-    rng = task_rng(config, task)
+    rng, picks = task_rng(config, task), replay_rng(config, task, device)
     discriminator = build_discriminator(config, seen, task.train.channels).to(device)
     real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
     replay = replay_for(generator, task, old_tasks, config, real_y.shape[0])
     generator.train()
     opt_d, opt_g = adam(discriminator.parameters(), config), adam(generator.parameters(), config)
 
-    for epoch, b, _, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
+    best = BestEpoch(discriminator, [*old_tasks, task], config.batch_size, device)
+    for epoch, b, batches, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
         x, y = real_x[idx], real_y[idx]
         if replay is not None:
-            old_x, old_y = replay_batch(replay, rng)
+            old_x, old_y = replay_batch(replay, picks)
             x, y = torch.cat([x, old_x]), torch.cat([y, old_y])
 
         opt_d.zero_grad(set_to_none=True)
@@ -126,7 +130,9 @@ def train_replay_task(generator: ReplayGenerator, task, old_tasks, config: Train
 
         scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "g_class": loss_g_class}
         reporter.log_step(task.index, epoch, b, {k: v.detach() for k, v in scalars.items()})
-    return discriminator
+        if b == batches - 1:
+            best.end_epoch()
+    return best.restore()
 
 
 class ReplayLearner(GenerativeLearner):
@@ -139,19 +145,25 @@ class ReplayLearner(GenerativeLearner):
         return sum(layer.weight.numel() for layer in self.generator.body), self.generator.units()
 
 
-def train_classifier(classifier, images: torch.Tensor, labels: torch.Tensor, task, config: TrainConfig,
-                     reporter: Reporter, rng: torch.Generator, device: torch.device) -> None:
+def train_classifier(classifier, images: torch.Tensor, labels: torch.Tensor, tasks, config: TrainConfig,
+                     reporter: Reporter, rng: torch.Generator, device: torch.device):
     """Cross-entropy of the discriminator's classifier head on real ``images`` only (the critic head
-    is unused): ``config.epochs`` epochs of Adam, a fresh optimiser every task."""
+    is unused): ``config.epochs`` epochs of Adam, a fresh optimiser every task. ``tasks``: every
+    task seen, the last the one being learned (validation, :class:`~dgm.trainer.BestEpoch`).
+    Returns the classifier of the best epoch."""
     x_all, y_all = images.to(device), labels.to(device)
     opt = adam(classifier.parameters(), config)
     classifier.train()
-    for epoch, b, _, idx in minibatches(y_all.shape[0], config, rng, reporter, task, device):
+    best = BestEpoch(classifier, tasks, config.batch_size, device)
+    for epoch, b, batches, idx in minibatches(y_all.shape[0], config, rng, reporter, tasks[-1], device):
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(classifier(x_all[idx])[1], y_all[idx])
         loss.backward()
         opt.step()
-        reporter.log_step(task.index, epoch, b, {"class": loss.detach()})
+        reporter.log_step(tasks[-1].index, epoch, b, {"class": loss.detach()})
+        if b == batches - 1:
+            best.end_epoch()
+    return best.restore()
 
 
 def widen_classifier(classifier, num_classes: int) -> None:
@@ -199,9 +211,9 @@ class JointLearner(ClassifierLearner):
         rng = task_rng(self.config, task)
         tasks = [*old_tasks, task]
         self.classifier = self._new_classifier(sum(len(t.classes) for t in tasks))
-        train_classifier(self.classifier, torch.cat([t.train.images for t in tasks]),
-                         torch.cat([t.train.labels for t in tasks]), task, self.config, reporter, rng, self.device)
-        return self.classifier
+        return train_classifier(self.classifier, torch.cat([t.train.images for t in tasks]),
+                                torch.cat([t.train.labels for t in tasks]), tasks, self.config, reporter, rng,
+                                self.device)
 
 
 class FinetuneLearner(ClassifierLearner):
@@ -214,9 +226,8 @@ class FinetuneLearner(ClassifierLearner):
             self.classifier = self._new_classifier(seen)
         else:
             widen_classifier(self.classifier, seen)
-        train_classifier(self.classifier, task.train.images, task.train.labels, task, self.config, reporter, rng,
-                         self.device)
-        return self.classifier
+        return train_classifier(self.classifier, task.train.images, task.train.labels, [*old_tasks, task],
+                                self.config, reporter, rng, self.device)
 
 
 def build_baseline(config: TrainConfig, num_classes: int, channels: int, device: torch.device):

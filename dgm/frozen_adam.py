@@ -105,11 +105,10 @@ class FrozenAdam(torch.optim.Optimizer):
                     raise RuntimeError("FrozenAdam does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.tensor(0.0)
+                    state["step"] = 0  # a host number: the bias corrections never read the device
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                step = state["step"].item()
+                state["step"] = step = int(state["step"]) + 1
                 neg_step_size = -group["lr"] / (1 - beta1 ** step)
                 bc2_sqrt = (1 - beta2 ** step) ** 0.5
                 batches[(p.device, p.dtype)].append((p, state, neg_step_size, bc2_sqrt))

@@ -80,9 +80,15 @@ def generate_replay(generator, old_tasks, per_class: int, batch_size: int, seed:
 
 def task_rng(config: TrainConfig, task) -> torch.Generator:
     """Seed the global RNG (initialisations, gradient penalty) and return the generator of the
-    task's own draws (batch order, replay picks), both from ``(seed, task)``."""
+    task's batch order, both from ``(seed, task)``."""
     torch.manual_seed(_task_seed(config.seed, task.index))
     return torch.Generator().manual_seed(_task_seed(config.seed, task.index))
+
+
+def replay_rng(config: TrainConfig, task, device: torch.device) -> torch.Generator:
+    """The generator of the task's replay picks, on ``device`` so that drawing a step's picks
+    needs no host-to-device copy (which would make the host wait for the device)."""
+    return torch.Generator(device=device).manual_seed(_task_seed(config.seed, task.index) + 1)
 
 
 def adam(params, config: TrainConfig) -> torch.optim.Adam:
@@ -117,7 +123,7 @@ def replay_for(generator, task, old_tasks, config: TrainConfig, n_real: int):
 def replay_batch(replay, rng: torch.Generator):
     """A random batch (with replacement) of the replay from :func:`replay_for`."""
     images, labels, batch = replay
-    pick = torch.randint(0, labels.shape[0], (batch,), generator=rng).to(labels.device)
+    pick = torch.randint(0, labels.shape[0], (batch,), generator=rng, device=labels.device)
     return images[pick], labels[pick]
 
 
@@ -141,11 +147,13 @@ class TaskTraining:
     """One DGM task being learned: everything :func:`train_step` updates."""
 
     generator: MaskedGenerator
+    classes: list[int]
     discriminator: Discriminator
     opt_d: torch.optim.Optimizer
     opt_g: FrozenAdam
     logits: list[torch.nn.Parameter]
     replay: tuple | None
+    replay_rng: torch.Generator
     s_max: float
     lambda_reg: float
     lambda_gp: float
@@ -166,29 +174,29 @@ def begin_task(generator, task, old_tasks, n_real: int, config: TrainConfig, dev
                        lr=config.lr, betas=(config.beta1, 0.999),
                        backend="reference" if generator_backend(generator) == "reference" else "auto")
     opt_g.set_reserved(reserved_masks(generator))
-    return TaskTraining(generator, discriminator, adam(discriminator.parameters(), config), opt_g, logits, replay,
-                        config.resolved_s_max, config.resolved_lambda_reg * generator.units() / generator.initial_units,
+    return TaskTraining(generator, list(task.classes), discriminator, adam(discriminator.parameters(), config),
+                        opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, config.resolved_lambda_reg * generator.units() / generator.initial_units,
                         config.lambda_gp)
 
 
-def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float, rng: torch.Generator) -> dict:
-    """One step on a real batch ``(x, y)`` at sharpness ``s``; returns the losses (as tensors: no
-    host sync)."""
-    generator, discriminator = state.generator, state.discriminator
+def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) -> dict:
+    """One step on a real batch ``(x, y)`` at sharpness ``s``; returns the losses as tensors. The
+    host never waits for the device in a step (tests/test_host_sync.py)."""
+    generator, discriminator, classes = state.generator, state.discriminator, state.classes
     generator.set_sharpness(s)
 
     # Discriminator: critic on real vs fake of this task, classifier on real + replay.
     state.opt_d.zero_grad(set_to_none=True)
     with torch.no_grad():
-        fake = generator(generator.noise(y), y)
-    loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, state.lambda_gp,
-                                                None if state.replay is None else replay_batch(state.replay, rng))
+        fake = generator(generator.noise(y), y, classes=classes)
+    replay = None if state.replay is None else replay_batch(state.replay, state.replay_rng)
+    loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, state.lambda_gp, replay)
     loss_d.backward()
     state.opt_d.step()
 
     # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
     state.opt_g.zero_grad(set_to_none=True)
-    critic_gen, _ = discriminator(generator(generator.noise(y), y))
+    critic_gen, _ = discriminator(generator(generator.noise(y), y, classes=classes))
     reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
     loss_g = -critic_gen.mean() + state.lambda_reg * reg
     loss_g.backward()
@@ -202,36 +210,44 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float, 
 def train_task(generator, task, old_tasks, config: TrainConfig, reporter: Reporter, device: torch.device):
     """Learn ``task``: WGAN-GP + auxiliary classifier on its real data plus replay of ``old_tasks``,
     the generator's current mask annealed and regularised towards sparsity; then consolidate and
-    grow the generator. Returns the discriminator of the epoch whose classifier did best on the
-    validation data (its classifier covers every class seen)."""
+    grow the generator. Returns the discriminator of the best epoch (:class:`BestEpoch`; its
+    classifier covers every class seen)."""
     rng = task_rng(config, task)
     real_x, real_y = task.train.images.to(device), task.train.labels.to(device)
     state = begin_task(generator, task, old_tasks, real_y.shape[0], config, device)
-    best = (-1.0, None)
+    best = BestEpoch(state.discriminator, [*old_tasks, task], config.batch_size, device)
     for epoch, b, batches, idx in minibatches(real_y.shape[0], config, rng, reporter, task, device):
         s = sharpness(epoch, config.epochs, b, batches, state.s_max)
-        reporter.log_step(task.index, epoch, b, {**train_step(state, real_x[idx], real_y[idx], s, rng), "s": s})
+        reporter.log_step(task.index, epoch, b, {**train_step(state, real_x[idx], real_y[idx], s), "s": s})
         if b == batches - 1:
-            best = _keep_best(state.discriminator, [*old_tasks, task], config.batch_size, device, best)
-    if best[1] is not None:
-        state.discriminator.load_state_dict(best[1])
+            best.end_epoch()
     generator.consolidate_and_expand()
-    return state.discriminator
+    return best.restore()
 
 
-def _keep_best(discriminator, tasks, batch_size: int, device: torch.device, best: tuple) -> tuple:
-    """``(accuracy, state)`` of the discriminator whose classifier scored best so far on the
-    validation images of every class seen (the paper's official protocol selects the epoch this
-    way): the critic and classifier share their features, and a late swing of the adversarial
-    game can spoil the classifier. Without validation data, nothing is kept."""
-    counts = evaluate(discriminator, tasks, "val", batch_size, device)
-    total = sum(n for _, n in counts)
-    if total == 0:
-        return best
-    accuracy = sum(c for c, _ in counts) / total
-    if accuracy <= best[0]:
-        return best
-    return accuracy, {k: v.detach().clone() for k, v in discriminator.state_dict().items()}
+class BestEpoch:
+    """Keeps the classifier of the epoch that scored best on the validation images of every class
+    seen (the paper's official protocol selects the epoch this way, and every method here does
+    the same): in DGM the critic and classifier share their features, and a late swing of the
+    adversarial game can spoil the classifier. Without validation data, the last epoch stands."""
+
+    def __init__(self, classifier, tasks, batch_size: int, device: torch.device):
+        self.classifier, self.tasks, self.batch_size, self.device = classifier, tasks, batch_size, device
+        self.accuracy, self.state = -1.0, None
+
+    def end_epoch(self) -> None:
+        counts = evaluate(self.classifier, self.tasks, "val", self.batch_size, self.device)
+        total = sum(n for _, n in counts)
+        accuracy = sum(c for c, _ in counts) / max(total, 1)
+        if total and accuracy > self.accuracy:
+            self.accuracy = accuracy
+            self.state = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
+
+    def restore(self):
+        """The classifier, with the best epoch's weights; returns it."""
+        if self.state is not None:
+            self.classifier.load_state_dict(self.state)
+        return self.classifier
 
 
 @torch.no_grad()
@@ -239,16 +255,17 @@ def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.de
     """Per task: ``(correct, total)`` of the classifier over all classes seen, on ``split`` data."""
     was_training = discriminator.training
     discriminator.eval()
-    counts = []
+    correct = []
     for task in tasks:
         data = getattr(task, split)
-        correct = 0
+        hits = torch.zeros((), dtype=torch.long, device=device)
         for i in range(0, len(data), batch_size):
             x, y = data.images[i:i + batch_size].to(device), data.labels[i:i + batch_size].to(device)
-            correct += int((discriminator(x)[1].argmax(1) == y).sum())
-        counts.append((correct, len(data)))
+            hits += (discriminator(x)[1].argmax(1) == y).sum()
+        correct.append(hits)
     discriminator.train(was_training)
-    return counts
+    correct = torch.stack(correct).tolist() if correct else []  # one read for all tasks
+    return [(c, len(getattr(task, split))) for c, task in zip(correct, tasks)]
 
 
 class GenerativeLearner:

@@ -38,9 +38,9 @@ def runs(tmp_path_factory):
     seen = {"classifier_data": [], "replays": []}
     train_classifier, replay_for = baselines.train_classifier, baselines.replay_for
 
-    def record_classifier(classifier, images, labels, task, *args):
-        seen["classifier_data"].append((task.index, classifier, images.clone(), labels.clone()))
-        return train_classifier(classifier, images, labels, task, *args)
+    def record_classifier(classifier, images, labels, tasks, *args):
+        seen["classifier_data"].append((tasks[-1].index, classifier, images.clone(), labels.clone()))
+        return train_classifier(classifier, images, labels, tasks, *args)
 
     def record_replay(generator, task, *args):
         replay = replay_for(generator, task, *args)

@@ -124,3 +124,36 @@ def test_discriminator_heads_and_gradient_penalty(build):
     v = torch.randn(3 * 32 * 32, dtype=torch.float64)
     gp = gradient_penalty(lambda t: t.flatten(1) @ v, x.double(), torch.randn(5, 3, 32, 32, dtype=torch.float64))
     torch.testing.assert_close(gp, (v.norm() - 1) ** 2)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "mlp"])
+@pytest.mark.parametrize("mask", ["weight", "activation"])
+def test_host_known_classes_give_the_same_images_and_gradients(kind, mask):
+    """``classes=`` (the trainer's sync-free path) computes what reading the labels computes."""
+    torch.manual_seed(0)
+    g = make(kind, mask).double()  # float64: summation order alone must not fail the comparison
+    learn(g, [0, 1])
+    g.prepare_task([2, 3, 4])
+    g.train()
+    labels = torch.tensor([4, 2, 2, 3, 4, 3, 2])
+    z = g.noise(labels)
+    images, grads = [], []
+    for classes in (None, [2, 3, 4]):
+        torch.manual_seed(1)  # the same batch-norm state and draws for both
+        out = g(z, labels, classes=classes)
+        params = g.task_parameters([2, 3, 4])
+        grads.append(torch.autograd.grad(out.square().sum(), params))
+        images.append(out.detach())
+    torch.testing.assert_close(images[1], images[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_host_known_classes_must_have_heads():
+    g = make("mlp", "weight")
+    g.prepare_task([0, 1])
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="no head"):
+        g(g.noise(labels), labels, classes=[0, 5])
+    with pytest.raises(ValueError, match="at least one class"):
+        g(g.noise(labels), labels, classes=[])

@@ -78,10 +78,14 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         for c in classes:
             if not 0 <= c < self.num_classes or str(c) in self.heads:
                 raise ValueError(f"class {c} is outside 0..{self.num_classes - 1} or already has a head")
-        device = self.body[0].weight.device
-        self.norms.append(nn.ModuleList(self._norm(layer.out_units) for layer in self.body).to(device))
+        self.norms.append(self._like_body(nn.ModuleList(self._norm(layer.out_units) for layer in self.body)))
         for c in classes:
-            self.heads[str(c)] = self._make_head(self.body[-1].out_units).to(device)
+            self.heads[str(c)] = self._like_body(self._make_head(self.body[-1].out_units))
+
+    def _like_body(self, module: nn.Module) -> nn.Module:
+        """``module`` on the device and in the dtype of the shared layers."""
+        weight = self.body[0].weight
+        return module.to(device=weight.device, dtype=weight.dtype)
 
     def set_sharpness(self, s: float) -> None:
         for layer in self.body:
@@ -108,14 +112,22 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         z[:, : self.num_classes] = F.one_hot(labels, self.num_classes).to(z.dtype)
         return z.to(self.body[0].weight.dtype)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Images for ``labels`` under ``task`` (default: the task being learned)."""
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, task: int | None = None,
+                classes: list[int] | None = None) -> torch.Tensor:
+        """Images for ``labels`` under ``task`` (default: the task being learned).
+
+        ``classes``: the classes ``labels`` are drawn from, known on the host (the trainer passes
+        the task's). With it the forward never reads ``labels`` back to the host, so a training
+        step does not wait for the device; rows whose label is not in ``classes`` get undefined
+        images. Without it the labels are read and checked."""
         task = self.task if task is None else task
-        self._check(z, labels, task)
+        self._check(z, labels, task, classes)
         x = self._to_body_input(z)
         for layer, norm in zip(self.body, self.norms[task]):
             x = self._unit_mask(layer, F.relu(norm(layer(x, task))), task)
-        return self._heads(x, labels)
+        if classes is None:
+            return self._heads(x, labels)
+        return self._class_heads(x, labels, classes)
 
     def _unit_mask(self, layer: MaskedLayer, x: torch.Tensor, task) -> torch.Tensor:
         """DGMa: the task's unit mask after norm and ReLU, so masked units are exactly zero and the
@@ -163,14 +175,28 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
             out = out.index_copy(0, rows, y)
         return self._to_image(out)
 
-    def _check(self, z, labels, task):
+    def _class_heads(self, x: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """Heads of the host-known ``classes``, each over the whole batch, picked per row by label:
+        no data-dependent shapes. One head per class is the paper's protocol (one class a task),
+        where this costs nothing extra."""
+        out = None
+        for c in classes:
+            head = self.heads[str(c)]
+            y = torch.tanh(head(x[:, : self._head_in_units(head)]))
+            out = y if out is None else torch.where(_per_row(labels == c, y), y, out)
+        return self._to_image(out)
+
+    def _check(self, z, labels, task, classes=None):
         if z.dim() != 2 or z.shape[1] != self.nz:
             raise ValueError(f"z must have shape (batch, {self.nz}), got {tuple(z.shape)}")
         if labels.shape != (z.shape[0],):
             raise ValueError(f"labels must have shape ({z.shape[0]},), got {tuple(labels.shape)}")
         if not 0 <= task < len(self.norms):
             raise ValueError(f"task {task} was never trained: tasks 0..{len(self.norms) - 1} exist")
-        missing = [c for c in torch.unique(labels).tolist() if str(c) not in self.heads]
+        if classes is not None and not classes:
+            raise ValueError("classes must name at least one class")
+        used = classes if classes is not None else torch.unique(labels).tolist()
+        missing = [c for c in used if str(c) not in self.heads]
         if missing:
             raise ValueError(f"classes {missing} have no head: they belong to no task trained so far")
 
@@ -203,17 +229,22 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         tasks = {int(k[len(prefix) + 6:].split(".")[0]) for k in state_dict if k.startswith(prefix + "norms.")}
         for task in range(len(self.norms), max(tasks, default=-1) + 1):
             widths = [state_dict[f"{prefix}norms.{task}.{level}.weight"].shape[0] for level in range(len(self.body))]
-            self.norms.append(nn.ModuleList(self._norm(w) for w in widths).to(self.body[0].weight.device))
+            self.norms.append(self._like_body(nn.ModuleList(self._norm(w) for w in widths)))
         for key, value in state_dict.items():
             if key.startswith(prefix + "heads.") and key.endswith(".weight"):
                 c = key[len(prefix) + 6:].split(".")[0]
                 if c not in self.heads:
-                    self.heads[c] = self._make_head(self._head_units_from(value)).to(self.body[0].weight.device)
+                    self.heads[c] = self._like_body(self._make_head(self._head_units_from(value)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @abc.abstractmethod
     def _head_units_from(self, weight: torch.Tensor) -> int:
         """A head's input units, from its stored weight (to rebuild it from a state dict)."""
+
+
+def _per_row(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-row ``flags[batch]`` shaped to broadcast against ``like``."""
+    return flags.view((flags.shape[0],) + (1,) * (like.dim() - 1))
 
 
 def _kernel_area(layer: MaskedLayer) -> int:
