@@ -45,5 +45,6 @@ setup(
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "tqdm", "matplotlib", "pillow"],
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
-    entry_points={"console_scripts": ["dgm-train=dgm.cli.train:main", "dgm-data=dgm.cli.data:main"]},
+    entry_points={"console_scripts": ["dgm-train=dgm.cli.train:main", "dgm-data=dgm.cli.data:main",
+                                        "dgm-results=dgm.cli.results:main"]},
 )

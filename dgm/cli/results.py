@@ -1,0 +1,109 @@
+"""``dgm-results``: Markdown tables of finished runs, from their ``metrics.json``.
+
+``dgm-results RUN_DIR...`` prints one summary table: a row per (dataset, method, settings), with
+the mean and spread over the runs that differ only in their seed (A5, A10, forgetting, generator
+weights after the first and the last task, wall time). ``--matrices`` adds each run's accuracy
+matrix and its generator's growth per task. ``docs/results.md`` is made with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+# Settings that do not make two runs different experiments.
+_NOT_SETTINGS = {"seed", "out", "resume", "data_root", "download", "num_workers", "device", "tasks"}
+
+
+def load_run(folder: str | Path) -> dict:
+    """The ``metrics.json`` of a run folder, with the folder's name under ``"run"``."""
+    path = Path(folder) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no metrics.json: not a dgm-train output folder")
+    metrics = json.loads(path.read_text())
+    for key in ("config", "accuracy_matrix", "A"):
+        if key not in metrics:
+            raise ValueError(f"{path} has no {key!r}: not a dgm-train metrics file")
+    return {**metrics, "run": Path(folder).name}
+
+
+def _experiment(run: dict) -> tuple:
+    config = run["config"]
+    return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in _NOT_SETTINGS))
+
+
+def _stat(values: list[float], digits: int = 3) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def summary_table(runs: list[dict]) -> str:
+    """One row per experiment, seeds pooled: mean ± sample standard deviation."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(_experiment(run), []).append(run)
+    lines = ["| dataset | method | seeds | tasks | A5 | A10 | forgetting | generator weights (task 0 -> last) "
+             "| wall time / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group in groups.values():
+        config = group[0]["config"]
+        tasks = {len(r["A"]) for r in group}
+        params = [r["generator_params"] for r in group if r.get("generator_params")]
+        growth = "-" if not params else (f"{statistics.fmean(p[0] for p in params):,.0f} -> "
+                                         f"{statistics.fmean(p[-1] for p in params):,.0f}")
+        minutes = [sum(r.get("wall_time_s") or []) / 60 for r in group]
+        lines.append(
+            f"| {config['dataset']} | {config['method']} | {', '.join(str(r['config']['seed']) for r in group)} "
+            f"| {'/'.join(str(t) for t in sorted(tasks))} "
+            f"| {_stat([r['A5'] for r in group if 'A5' in r])} | {_stat([r['A10'] for r in group if 'A10' in r])} "
+            f"| {_stat([r['forgetting'] for r in group if r.get('forgetting') is not None])} | {growth} "
+            f"| {_stat(minutes, 1)} min |")
+    return "\n".join(lines)
+
+
+def matrix_section(run: dict) -> str:
+    """A run's accuracy matrix (row i: after task i) and its generator's growth per task."""
+    matrix, average = run["accuracy_matrix"], run["A"]
+    config = run["config"]
+    t = len(matrix)
+    lines = [f"**{run['run']}**: {config['dataset']}, {config['method']}, seed {config['seed']}, "
+             f"{run.get('device', '?')}, backend {run.get('backend', '?')}", "",
+             "| after task | " + " | ".join(str(j) for j in range(t)) + " | A |",
+             "|---" * (t + 2) + "|"]
+    for i, row in enumerate(matrix):
+        cells = " | ".join("" if v is None else f"{v:.2f}" for v in row[:t])
+        lines.append(f"| {i} | {cells} | **{average[i]:.3f}** |")
+    if run.get("generator_params"):
+        lines += ["", "generator weights per task: " + ", ".join(f"{p:,}" for p in run["generator_params"])]
+    if run.get("generator_units"):
+        lines.append(f"units per layer: {run['generator_units'][0]} after task 0 -> {run['generator_units'][-1]} "
+                     f"after task {t - 1}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dgm-results", description="Markdown tables of dgm-train runs.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="dgm-train --out folders")
+    parser.add_argument("--matrices", action="store_true", help="add every run's accuracy matrix")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(folder) for folder in args.runs]
+    except (OSError, ValueError) as exc:
+        print(f"dgm-results: error: {exc}", file=sys.stderr)
+        return 1
+    parts = [summary_table(runs)]
+    if args.matrices:
+        parts += [matrix_section(run) for run in runs]
+    print("\n\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
