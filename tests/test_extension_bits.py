@@ -92,3 +92,24 @@ def test_missing_extension_leaves_the_backend_importable_with_a_reason():
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layers_pack_with_the_extension_only_on_a_fused_cuda_device(device):
+    """What :class:`~dgm.MaskedLayer` packs with: the extension's kernels for fused backends on a GPU
+    (consolidation and growth, one pass each), the reference elsewhere."""
+    from dgm import MaskedLinear, ops
+
+    device = torch.device(device)
+    fused = device.type == "cuda" and ext.WITH_CUDA
+    assert ops.bit_ops("reference", device) is ref
+    for backend in ("auto", "cuda", "triton"):
+        assert ops.bit_ops(backend, device) is (ext if fused else ref)
+    layer = MaskedLinear(13, 11, mask="weight", backend="auto", device=device)
+    with torch.no_grad():
+        layer.mask_logits.uniform_(-1, 1)
+    want = ref.pack(layer.mask_logits > 0)
+    layer.consolidate()
+    assert torch.equal(layer.task_bits(0), want)
+    layer.expand(out_extra=5, in_extra=3)
+    assert torch.equal(ref.unpack(layer.reserved_bits, (16, 16))[:11, :13], ref.unpack(want, (11, 13)))

@@ -23,7 +23,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .. import bits as _bits
 from .. import ops
 from ..expansion import grown_capacity, regrow_parameter
 
@@ -134,6 +133,10 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         bound = 1 / math.sqrt(self._fan_in())
         nn.init.uniform_(b, -bound, bound)
 
+    def _bit_ops(self):
+        """Packing functions for this layer's backend and device (:func:`dgm.ops.bit_ops`)."""
+        return ops.bit_ops(self.backend, self.weight.device)
+
     def task_bits(self, task: int) -> torch.Tensor:
         """Packed binary mask of consolidated ``task``: its weight bits (DGMw) or unit bits (DGMa)."""
         if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.task:
@@ -200,7 +203,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         bias = None if self.bias is None else self.bias[:out_units].detach()
         if self.mask == "weight":
             if bias is not None:
-                bias = bias * _bits.unpack(self._task_bias_bits(task), (out_units,)).to(bias.dtype)
+                bias = bias * self._bit_ops().unpack(self._task_bias_bits(task), (out_units,)).to(bias.dtype)
             return self._call_op(x, weight, bias, bits=self.task_bits(task))
         return self._call_op(x, weight, bias, unit_scale=self._own_unit_mask(task))
 
@@ -235,7 +238,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         if task is None or task == self.task:
             return torch.sigmoid(self.s * self.unit_logits[: self.out_units])
         self._check_task(task)
-        return _bits.unpack(self.task_bits(task), (self.sizes(task)[0],)).to(self.weight.dtype)
+        return self._bit_ops().unpack(self.task_bits(task), (self.sizes(task)[0],)).to(self.weight.dtype)
 
     def _own_unit_mask(self, task):
         """The unit mask this layer applies itself: none when its owner applies it later (after a
@@ -251,13 +254,13 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             for task in range(self.task):
                 out_units, in_units = self.sizes(task)
                 if self.mask == "weight":
-                    m = _bits.unpack(self.task_bits(task), self._weight_shape(out_units, in_units))
-                    weight_bits.append(_bits.pack(_pad_to(m, shape)))
+                    m = self._bit_ops().unpack(self.task_bits(task), self._weight_shape(out_units, in_units))
+                    weight_bits.append(self._bit_ops().pack(_pad_to(m, shape)))
                     if self.bias is not None:
-                        b = _bits.unpack(self._task_bias_bits(task), (out_units,))
+                        b = self._bit_ops().unpack(self._task_bias_bits(task), (out_units,))
                         biases.append(_pad_to(b, (self.out_units,)))
                 else:
-                    u = _bits.unpack(self.task_bits(task), (out_units,))
+                    u = self._bit_ops().unpack(self.task_bits(task), (out_units,))
                     units.append(_pad_to(u, (self.out_units,)))
                     inputs.append(torch.arange(self.in_units, device=u.device) < in_units)
             dtype = self.weight.dtype
@@ -288,7 +291,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         if self.reserved_bits is None:
             return None
         if "reserved" not in self._cache:
-            self._cache["reserved"] = _bits.unpack(self.reserved_bits, self.active_weight().shape)
+            self._cache["reserved"] = self._bit_ops().unpack(self.reserved_bits, self.active_weight().shape)
         return self._cache["reserved"]
 
     def logits(self) -> list[nn.Parameter]:
@@ -335,18 +338,18 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self.task_sizes = torch.cat([self.task_sizes, sizes])
         if self.mask == "weight":
             m = self._view(self.mask_logits, self.out_units, self.in_units) > 0
-            self.register_buffer(f"mask_bits_{task}", _bits.pack(m))
-            reserved = m if self.reserved_bits is None else m | _bits.unpack(self.reserved_bits, m.shape)
-            self.reserved_bits = _bits.pack(reserved)
+            self.register_buffer(f"mask_bits_{task}", self._bit_ops().pack(m))
+            reserved = m if self.reserved_bits is None else m | self._bit_ops().unpack(self.reserved_bits, m.shape)
+            self.reserved_bits = self._bit_ops().pack(reserved)
             self.mask_logits.zero_()
             if self.bias is not None:
                 b = self.bias_logits[: self.out_units] > 0
-                self.register_buffer(f"bias_bits_{task}", _bits.pack(b))
+                self.register_buffer(f"bias_bits_{task}", self._bit_ops().pack(b))
                 self.reserved_bias = b if self.reserved_bias is None else b | self.reserved_bias
                 self.bias_logits.zero_()
         else:
             u = self.unit_logits[: self.out_units] > 0
-            self.register_buffer(f"mask_bits_{task}", _bits.pack(u))
+            self.register_buffer(f"mask_bits_{task}", self._bit_ops().pack(u))
             self.reserved_units = u if self.reserved_units is None else u | self.reserved_units
             self.unit_logits.zero_()
         self.task += 1
@@ -355,7 +358,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
     def reserved_count(self) -> int:
         """Number of reserved entries: weights (and biases) for DGMw, units for DGMa."""
         if self.mask == "weight":
-            n = 0 if self.reserved_bits is None else _bits.popcount(self.reserved_bits)
+            n = 0 if self.reserved_bits is None else self._bit_ops().popcount(self.reserved_bits)
             return n + (0 if self.reserved_bias is None else int(self.reserved_bias.sum()))
         return 0 if self.reserved_units is None else int(self.reserved_units.sum())
 
@@ -421,7 +424,7 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             if p is not None:
                 p[old_out:new_out] = 0
         if self.reserved_bits is not None:
-            self.reserved_bits = _bits.pack(_pad_to(_bits.unpack(self.reserved_bits, old_shape), active.shape))
+            self.reserved_bits = self._bit_ops().pack(_pad_to(self._bit_ops().unpack(self.reserved_bits, old_shape), active.shape))
         for name in ("reserved_bias", "reserved_units"):
             r = getattr(self, name)
             if r is not None:

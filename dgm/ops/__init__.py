@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from .. import bits as _bits
 from . import reference
 
 BACKENDS = ("reference", "triton", "cuda")
@@ -113,11 +114,22 @@ def _dispatch(op: str):
     return run
 
 
+def bit_ops(backend: str, device: torch.device):
+    """The packed-bit functions (``pack``, ``unpack``, ``popcount``: :mod:`dgm.bits`' layout and
+    results) for a layer of ``backend`` on ``device``: the extension's one-pass kernels on a CUDA
+    device when the layer's ops may be fused and the extension runs there, else :mod:`dgm.bits`."""
+    if check_backend(backend) != "reference" and device.type == "cuda":
+        module, _ = _load("cuda")
+        if module is not None and module.unavailable_reason(device) is None:
+            return module
+    return _bits
+
+
 linear = _dispatch("linear")
 conv2d = _dispatch("conv2d")
 conv_transpose2d = _dispatch("conv_transpose2d")
 
-__all__ = ["BACKENDS", "BackendUnavailable", "resolve", "fastest_backend", "fused_unavailable_reason", "linear",
+__all__ = ["BACKENDS", "BackendUnavailable", "bit_ops", "resolve", "fastest_backend", "fused_unavailable_reason", "linear",
            "conv2d", "conv_transpose2d", "reference"]
 
 # Import every backend now, outside any traced code, so that dispatching under torch.compile is a
