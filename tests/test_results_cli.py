@@ -22,7 +22,7 @@ def _write_run(folder, method="dgmw", seed=0, a=(1.0, 0.8, 0.6), params=(100, 15
 def test_seeds_pool_and_methods_do_not(tmp_path, capsys):
     runs = [_write_run(tmp_path / "w0", seed=0, params=(100, 150, 180)),
             _write_run(tmp_path / "w1", seed=1, params=(100, 170, 200)),
-            _write_run(tmp_path / "r0", method="replay", seed=0)]
+            _write_run(tmp_path / "j0", method="joint", seed=0, params=(0, 0, 0))]
     assert results.main([str(r) for r in runs] + ["--matrices"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| mnist5k")]
@@ -33,6 +33,7 @@ def test_seeds_pool_and_methods_do_not(tmp_path, capsys):
     assert dgmw[8] == "3.0 ± 0.0 min |"
     assert "| 2 | 0.50 | 0.60 | 0.70 | **0.600** |" in out  # a matrix row and its A
     assert "generator weights per task: 100, 150, 180" in out
+    assert rows[1].split(" | ")[7] == "-"  # no generator
 
 
 def test_a_folder_without_metrics_is_named(tmp_path, capsys):

@@ -55,7 +55,7 @@ def summary_table(runs: list[dict]) -> str:
     for group in groups.values():
         config = group[0]["config"]
         tasks = {len(r["A"]) for r in group}
-        params = [r["generator_params"] for r in group if r.get("generator_params")]
+        params = [r["generator_params"] for r in group if any(r.get("generator_params") or [])]
         growth = "-" if not params else (f"{statistics.fmean(p[0] for p in params):,.0f} -> "
                                          f"{statistics.fmean(p[-1] for p in params):,.0f}")
         minutes = [sum(r.get("wall_time_s") or []) / 60 for r in group]
