@@ -80,7 +80,7 @@ def matrix_section(run: dict) -> str:
     for i, row in enumerate(matrix):
         cells = " | ".join("" if v is None else f"{v:.2f}" for v in row[:t])
         lines.append(f"| {i} | {cells} | **{average[i]:.3f}** |")
-    if run.get("generator_params"):
+    if any(run.get("generator_params") or []):
         lines += ["", "generator weights per task: " + ", ".join(f"{p:,}" for p in run["generator_params"])]
     if run.get("generator_units"):
         lines.append(f"units per layer: {run['generator_units'][0]} after task 0 -> {run['generator_units'][-1]} "
