@@ -4,7 +4,7 @@ reference vs the unmasked limit (``F.conv_transpose2d`` on a plain weight). Soft
 30% of the weights frozen, weights as corner views of larger storage, as in a grown generator.
 
 Groups share their names with the Triton suites, so the columns of both designs line up:
-``convT-k4s2-fwd+bwd-BxCINxCOUTxH`` (the generator's upsampling layers, 4x4 kernels, stride 2,
+``convT-k4s2p1-fwd+bwd-BxCINxCOUTxH`` (the generator's upsampling layers, 4x4 kernels, stride 2,
 padding 1, HxH -> 2Hx2H), ``convT-k4-1x1-fwd+bwd-BxCINxCOUT`` (its first layer) and
 ``linear-fwd+bwd-BxINxOUT``.
 """
@@ -18,8 +18,10 @@ from dgm.ops import extension, reference
 
 ON_GPU = torch.cuda.is_available()
 # (batch, in_channels, out_channels, input height = width)
-CPU_SHAPES = [(64, 24, 12, 8)]
-GPU_SHAPES = [(64, 24, 12, 8), (64, 48, 24, 16), (64, 256, 128, 16)]
+# The shapes and group names of bench_triton_conv.py, so the two designs sit side by side.
+CPU_SHAPES = [(8, 12, 6, 8)]
+GPU_SHAPES = [(64, 24, 12, 4), (64, 12, 6, 8), (64, 96, 48, 8), (64, 48, 24, 16), (256, 256, 128, 16),
+              (256, 128, 64, 32)]
 FIRST_SHAPES = [(64, 100, 24), (256, 110, 256), (1024, 512, 512)] if ON_GPU else [(64, 100, 24)]
 LINEAR_SHAPES = ([(64, 100, 100), (256, 512, 512), (256, 1024, 1024), (4096, 4096, 4096)] if ON_GPU
                  else [(64, 100, 100), (128, 256, 256)])
@@ -67,7 +69,7 @@ def _bench(benchmark, synced, impl, op, x, shape, args, device):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_upsampling_layer_forward_backward(benchmark, shape, impl, device, synced):
     batch, c_in, c_out, h = shape
-    benchmark.group = f"convT-k4s2-fwd+bwd-{'x'.join(map(str, shape))}"
+    benchmark.group = f"convT-k4s2p1-fwd+bwd-{'x'.join(map(str, shape))}"
     x = torch.randn(batch, c_in, h, h, device=device, requires_grad=True)
     _bench(benchmark, synced, impl, "conv_transpose2d", x, (c_in, c_out, 4, 4), (2, 1), device)
 
