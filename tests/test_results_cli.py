@@ -10,7 +10,8 @@ from dgm.cli import results
 def _write_run(folder, method="dgmw", seed=0, a=(1.0, 0.8, 0.6), params=(100, 150, 180)):
     folder.mkdir()
     matrix = [[1.0, None, None], [0.7, 0.9, None], [0.5, 0.6, 0.7]]
-    metrics = {"config": {"dataset": "mnist5k", "method": method, "seed": seed, "out": str(folder), "epochs": 3},
+    metrics = {"config": {"dataset": "mnist5k", "method": method, "seed": seed, "out": str(folder), "epochs": 3,
+                          "backend": "reference"},
                "accuracy_matrix": matrix, "A": list(a), "A5": None, "forgetting": 0.25,
                "generator_params": list(params), "generator_units": [[10, 8], [12, 9], [13, 9]],
                "wall_time_s": [60.0, 60.0, 60.0], "device": "cpu", "backend": "reference"}
@@ -28,12 +29,12 @@ def test_seeds_pool_and_methods_do_not(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("| mnist5k")]
     assert len(rows) == 2
     dgmw = rows[0].split(" | ")
-    assert dgmw[1:4] == ["dgmw", "0, 1", "3"]
-    assert dgmw[7] == "100 -> 190"          # mean of the last task's 180 and 200
-    assert dgmw[8] == "3.0 ± 0.0 min |"
+    assert dgmw[1:5] == ["dgmw", "reference", "0, 1", "3"]
+    assert dgmw[8] == "100 -> 190"          # mean of the last task's 180 and 200
+    assert dgmw[9] == "3.0 ± 0.0 min |"
     assert "| 2 | 0.50 | 0.60 | 0.70 | **0.600** |" in out  # a matrix row and its A
     assert "generator weights per task: 100, 150, 180" in out
-    assert rows[1].split(" | ")[7] == "-"  # no generator
+    assert rows[1].split(" | ")[8] == "-"  # no generator
 
 
 def test_a_folder_without_metrics_is_named(tmp_path, capsys):

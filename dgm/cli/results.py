@@ -49,9 +49,9 @@ def summary_table(runs: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault(_experiment(run), []).append(run)
-    lines = ["| dataset | method | seeds | tasks | A5 | A10 | forgetting | generator weights (task 0 -> last) "
-             "| wall time / run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | backend | seeds | tasks | A5 | A10 | forgetting "
+             "| generator weights (task 0 -> last) | wall time / run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for group in groups.values():
         config = group[0]["config"]
         tasks = {len(r["A"]) for r in group}
@@ -60,7 +60,8 @@ def summary_table(runs: list[dict]) -> str:
                                          f"{statistics.fmean(p[-1] for p in params):,.0f}")
         minutes = [sum(r.get("wall_time_s") or []) / 60 for r in group]
         lines.append(
-            f"| {config['dataset']} | {config['method']} | {', '.join(str(r['config']['seed']) for r in group)} "
+            f"| {config['dataset']} | {config['method']} | {group[0].get('backend', config['backend'])} "
+            f"| {', '.join(str(r['config']['seed']) for r in group)} "
             f"| {'/'.join(str(t) for t in sorted(tasks))} "
             f"| {_stat([r['A5'] for r in group if 'A5' in r])} | {_stat([r['A10'] for r in group if 'A10' in r])} "
             f"| {_stat([r['forgetting'] for r in group if r.get('forgetting') is not None])} | {growth} "
