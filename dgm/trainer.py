@@ -174,8 +174,9 @@ def begin_task(generator, task, old_tasks, n_real: int, config: TrainConfig, dev
                        lr=config.lr, betas=(config.beta1, 0.999),
                        backend="reference" if generator_backend(generator) == "reference" else "auto")
     opt_g.set_reserved(reserved_masks(generator))
+    lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
     return TaskTraining(generator, list(task.classes), discriminator, adam(discriminator.parameters(), config),
-                        opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, config.resolved_lambda_reg * generator.units() / generator.initial_units,
+                        opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, lambda_reg,
                         config.lambda_gp)
 
 
