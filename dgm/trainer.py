@@ -1,15 +1,16 @@
 """The continual run: for each task, learn it with replay of all earlier classes, consolidate the
 generator's masks, grow the generator, evaluate every class seen so far, checkpoint.
 
-:func:`train_task` is one task of DGM (:func:`begin_task`, then :func:`train_step` per batch); :func:`run` is the whole run of any method with evaluation,
-reporting and resume. A method is a *learner* (:class:`DGMLearner` here, the baselines in
-:mod:`dgm.baselines`): what it carries from task to task, with ``train_task(task, old_tasks,
-reporter)`` returning the classifier to evaluate (a discriminator whose classifier head covers
-every class seen), ``state_dict()`` / ``load_state_dict()`` (the checkpoint entries resuming
-needs), ``generator_size()`` (shared generator weights and units per layer, or ``(0, None)``)
-and ``samples(tasks)`` (the task-end image grid, or ``None`` without a generator). Randomness is seeded per task from ``(seed,
-task)`` (:func:`task_rng`), so a run resumed from the checkpoint after task ``t`` continues exactly
-as the unbroken run would have.
+:func:`train_task` is one task of DGM (:func:`begin_task`, then :func:`train_step` per batch);
+:func:`run` is the whole run of any method with evaluation, reporting and resume. A method is a
+*learner* (:class:`DGMLearner` here, the baselines in :mod:`dgm.baselines`): what it carries from
+task to task, with ``train_task(task, old_tasks, reporter)`` returning the classifier to evaluate
+(a discriminator whose classifier head covers every class seen), ``state_dict()`` /
+``load_state_dict()`` (the checkpoint entries resuming needs), ``generator_size()`` (shared
+generator weights and units per layer, or ``(0, None)``) and ``samples(tasks)`` (the task-end
+image grid, or ``None`` without a generator). Randomness is seeded per task from ``(seed, task)``
+(:func:`task_rng`, :func:`replay_rng`), so a run resumed from the checkpoint after task ``t``
+continues exactly as the unbroken run would have.
 """
 
 from __future__ import annotations

@@ -385,8 +385,8 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         """Grow by ``out_extra`` output and ``in_extra`` input units, in place where capacity allows.
 
         New weights are initialised like :meth:`reset_parameters`, new mask logits are zero; old
-        values (weights and the current task's logits) are untouched. If the storage must grow, it doubles (or more), and ``optimizer``'s
-        state of the regrown parameters moves with them.
+        values (weights and the current task's logits) are untouched. If the storage must grow, it
+        doubles (or more), and ``optimizer``'s state of the regrown parameters moves with them.
         """
         if out_extra < 0 or in_extra < 0:
             raise ValueError(f"expand: sizes must be non-negative, got out_extra={out_extra}, in_extra={in_extra}")
@@ -424,7 +424,8 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             if p is not None:
                 p[old_out:new_out] = 0
         if self.reserved_bits is not None:
-            self.reserved_bits = self._bit_ops().pack(_pad_to(self._bit_ops().unpack(self.reserved_bits, old_shape), active.shape))
+            packing = self._bit_ops()
+            self.reserved_bits = packing.pack(_pad_to(packing.unpack(self.reserved_bits, old_shape), active.shape))
         for name in ("reserved_bias", "reserved_units"):
             r = getattr(self, name)
             if r is not None:

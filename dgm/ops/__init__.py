@@ -129,8 +129,8 @@ linear = _dispatch("linear")
 conv2d = _dispatch("conv2d")
 conv_transpose2d = _dispatch("conv_transpose2d")
 
-__all__ = ["BACKENDS", "BackendUnavailable", "bit_ops", "resolve", "fastest_backend", "fused_unavailable_reason", "linear",
-           "conv2d", "conv_transpose2d", "reference"]
+__all__ = ["BACKENDS", "BackendUnavailable", "bit_ops", "resolve", "fastest_backend", "fused_unavailable_reason",
+           "linear", "conv2d", "conv_transpose2d", "reference"]
 
 # Import every backend now, outside any traced code, so that dispatching under torch.compile is a
 # dict lookup (importlib inside a traced function breaks the graph).
