@@ -153,5 +153,5 @@ def test_resume_continues_as_the_unbroken_run(runs, tmp_path, method):
 def test_every_method_is_a_cli_choice():
     for method in METHODS:
         assert parse_config(["--method", method]).method == method
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match='method = "merGAN": one of dgmw, '):
         TrainConfig(method="merGAN")

@@ -1,121 +1,90 @@
 """``dgm-train``: run continual learning with Dynamic Generative Memory from the command line.
 
 Settings come from :class:`dgm.config.TrainConfig` defaults, then ``--config FILE`` (JSON or
-YAML, keys named like the flags), then the flags given on the command line, which win. Exit
-status: 0 on success, 2 on bad usage or settings (one line on stderr naming the problem), 1 when
-the run itself fails.
+YAML, keys named like the flags), then the flags given on the command line, which win. Flags and
+config files are checked against the same declaration of each setting, and the output folder,
+checkpoint and data before anything is written: a run that cannot start leaves ``--out`` as it was.
+
+Exit status (:mod:`dgm.cli.boundary`): 0 done; 2 a bad setting, input file or output folder, as
+one line ``dgm-train: error: <setting> = <value>: <what is allowed>`` or naming the file; 130
+interrupted (continue with ``--resume``); 1 a bug (traceback).
+
+``--resume`` continues the run in ``--out`` from its newest checkpoint; when that one is damaged
+the error names the newest one that loads, and ``--resume-from-valid`` continues from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import traceback
-
-import torch
 
 from .. import ops
-from ..checkpoint import CheckpointError
-from ..config import ARCHS, DATASETS, METHODS, TrainConfig, load_config_file
+from ..checkpoint import latest_checkpoint
+from ..config import TrainConfig, check_device, kind, load_config_file, parse_setting, rule
+from ..errors import ConfigError, Interrupted, show
 from ..reporting import Reporter, format_summary
+from .boundary import Parser, console_script
 
 PROG = "dgm-train"
-
-
-class UsageError(ValueError):
-    """Bad flags or settings: exit status 2."""
+GROUPS = ("run", "model", "DGM")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag defaults to "not given" (``SUPPRESS``) so that a config file's value survives
-    unless the flag is on the command line; the real defaults live in ``TrainConfig``."""
-    p = argparse.ArgumentParser(prog=PROG, argument_default=argparse.SUPPRESS,
-                                description="Continual learning with Dynamic Generative Memory. "
-                                            "Flags override --config.")
+    """One flag per :class:`TrainConfig` field, from its declaration. Every flag defaults to "not
+    given" (``SUPPRESS``) so that a config file's value survives unless the flag is on the command
+    line; values stay words here and are checked by :func:`dgm.config.parse_setting`."""
+    p = Parser(prog=PROG, argument_default=argparse.SUPPRESS,
+               description="Continual learning with Dynamic Generative Memory. Flags override --config.")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of settings (keys as the flags)")
-    run = p.add_argument_group("run")
-    run.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist5k)")
-    run.add_argument("--data-root", metavar="DIR", help="where the datasets are (default: the data module's)")
-    run.add_argument("--download", action=argparse.BooleanOptionalAction, help="download missing datasets")
-    run.add_argument("--method", choices=METHODS,
-                     help="dgmw: weight masks; dgma: activation masks; baselines: joint (real data of all "
-                          "tasks so far, upper bound), finetune (new task only, lower bound), replay "
-                          "(generative replay without masks or expansion)")
-    run.add_argument("--tasks", type=int, metavar="N", help="train the first N tasks (default: all)")
-    run.add_argument("--classes-per-task", type=int, metavar="N", help="classes per task (default 1)")
-    run.add_argument("--epochs", type=int, metavar="N", help="epochs per task")
-    run.add_argument("--batch-size", type=int, metavar="N")
-    run.add_argument("--lr", type=float, help="Adam learning rate of G and D")
-    run.add_argument("--mask-lr", type=float, help="Adam learning rate of the mask logits (default: --lr)")
-    run.add_argument("--beta1", type=float, help="Adam beta1")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--device", help="cpu, cuda or cuda:INDEX")
-    run.add_argument("--backend", choices=ops.BACKENDS + ("auto",), help="masked-op implementation")
-    run.add_argument("--fused", action=argparse.BooleanOptionalAction,
-                     help="use the fastest fused backend of the device (overrides --backend; falls back "
-                          "to the reference, with a warning, where none runs)")
-    run.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, metrics.json)")
-    run.add_argument("--resume", action=argparse.BooleanOptionalAction,
-                     help="continue from the latest checkpoint in --out")
-    run.add_argument("--num-workers", type=int, metavar="N", help="data loader workers")
-    model = p.add_argument_group("model")
-    model.add_argument("--arch", choices=ARCHS, help="generator/discriminator family")
-    model.add_argument("--image-size", type=int, metavar="PX")
-    model.add_argument("--nz", type=int, help="latent size")
-    model.add_argument("--ngf", type=int, help="generator width")
-    model.add_argument("--ndf", type=int, help="discriminator width")
-    model.add_argument("--hidden", type=int, help="hidden units of the mlp arch")
-    dgm = p.add_argument_group("DGM")
-    dgm.add_argument("--s-max", type=float, help="mask annealing maximum (default 1e4 dgmw, 1e5 dgma; "
-                                                 "dgm methods only)")
-    dgm.add_argument("--lambda-reg", type=float, help="sparsity regulariser weight (default 0.08 dgmw, 0.01 dgma; "
-                                                      "dgm methods only)")
-    dgm.add_argument("--lambda-gp", type=float, help="WGAN gradient-penalty weight")
-    dgm.add_argument("--replay-per-class", type=int, metavar="N", help="generated samples per old class")
-    dgm.add_argument("--val-fraction", type=float, help="share of train held out for validation")
-    dgm.add_argument("--train-per-class", type=int, metavar="N", help="cap on real training images per class")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    for f in dataclasses.fields(TrainConfig):
+        r, base = rule(f.name), kind(f.name)[0]
+        default = r.null if f.default is None else show(f.default)
+        options = {"help": f"{r.help} (default: {default})".replace("%", "%%")}
+        if base is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif r.metavar or r.choices:
+            options["metavar"] = r.metavar or "{" + ",".join(r.choices) + "}"
+        groups.get(r.group, groups["run"]).add_argument("--" + f.name.replace("_", "-"), **options)
     return p
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
-    """Defaults < ``--config`` file < command-line flags; :class:`UsageError` on bad settings.
-    ``--fused`` is resolved here into the ``backend`` it selects (:func:`resolve_fused`), so the
-    settings saved with the run name the backend actually used."""
+    """Defaults < ``--config`` file < command-line flags; :class:`ConfigError` on a bad setting,
+    named as it was given (``--lr``, ``FILE: lr``). ``--fused`` is resolved here into the
+    ``backend`` it selects (:func:`resolve_fused`), so the settings saved with the run name the
+    backend actually used."""
+    return _parse(argv)[0]
+
+
+def _parse(argv: list[str] | None) -> tuple[TrainConfig, dict[str, str]]:
+    """:func:`parse_config`, and the name of each setting given as where it came from."""
     args = vars(build_parser().parse_args(argv))
-    values = {}
+    values, labels = {}, {}
     if "config" in args:
-        try:
-            values = {k.replace("-", "_"): v for k, v in load_config_file(args.pop("config")).items()}
-        except (OSError, ValueError) as exc:
-            raise UsageError(str(exc)) from exc
-    values.update(args)
+        path = args.pop("config")
+        for key, value in load_config_file(path).items():
+            name = str(key).replace("-", "_")
+            values[name], labels[name] = value, f"{path}: {name}"
     try:
+        for name, given in args.items():
+            labels[name] = "--" + name.replace("_", "-")
+            values[name] = given if isinstance(given, bool) else parse_setting(name, given)
         config = TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad settings: {exc}") from exc
-    check_device(config.device)
+        check_device(config.device)
+    except ConfigError as exc:
+        raise exc.labelled(labels.get(exc.setting)) from None
     if config.fused:
         config.backend, config.fused = resolve_fused(config.device), False
-    return config
-
-
-def check_device(device: str) -> None:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"--device {device!r} is not a device (expected cpu, cuda or cuda:INDEX)") from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r}: only cpu and cuda devices are supported")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device!r} asks for a CUDA GPU, but torch sees none here; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return config, labels
 
 
 def resolve_fused(device: str) -> str:
     """The backend ``--fused`` means on ``device`` (:func:`dgm.ops.fastest_backend`), with one
     warning on stderr when that is the reference."""
+    import torch
+
     dev = torch.device(device)
     backend = ops.fastest_backend(dev)
     if backend == "reference":
@@ -124,35 +93,26 @@ def resolve_fused(device: str) -> str:
     return backend
 
 
-def main(argv: list[str] | None = None) -> int:
+@console_script(PROG)
+def main(argv: list[str] | None) -> None:
     """Run ``dgm-train`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    try:
-        config = parse_config(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), message already printed
-        return int(exc.code or 0)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-
+    config, labels = _parse(argv)
     from ..trainer import run  # heavy imports only once the flags are valid
 
     reporter = Reporter(config.out)
     try:
         metrics = run(config, reporter)
-    except (CheckpointError, ops.BackendUnavailable) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:  # the output folder or a checkpoint disagrees with a setting
+        raise exc.labelled(labels.get(exc.setting)) from None
+    except ops.BackendUnavailable as exc:
+        raise ConfigError("backend", config.backend, str(exc)) from exc
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume --out {config.out}", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        traceback.print_exc()
-        print(f"{PROG}: error: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        resumable = latest_checkpoint(config.out) is not None
+        raise Interrupted("interrupted" + (f"; continue with --resume --out {config.out}" if resumable else "")) \
+            from None
     finally:
         reporter.close()
     print(format_summary(metrics))
-    return 0
 
 
 if __name__ == "__main__":
