@@ -6,17 +6,23 @@ strings and ``None`` (checked on save, naming the offending key), so that loadin
 ``torch.load(weights_only=True)``: opening a checkpoint never runs code from the file.
 
 Files are written atomically (temporary file in the same folder, fsync, ``os.replace``): a crash
-mid-write leaves the previous checkpoint intact. One file per finished task,
-``OUT/checkpoint_task{t}.pt`` (:func:`checkpoint_path`); :func:`latest_checkpoint` finds the
-newest.
+mid-write leaves the previous checkpoint intact, and at worst its temporary file, which
+:func:`remove_partial_writes` recognises by name. One file per finished task,
+``OUT/checkpoint_task{t}.pt`` (:func:`checkpoint_path`); :func:`checkpoints` lists them newest first.
+
+A file that cannot be loaded raises :class:`~dgm.errors.CheckpointError` naming it and why, in one
+line; never with advice to load it unsafely (PyTorch's own message suggests ``weights_only=False``,
+which would run whatever code a damaged or foreign file carries).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +30,13 @@ from typing import BinaryIO
 
 import torch
 
+from .errors import CheckpointError, one_line
+
 FORMAT = "dgm-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"checkpoint_task(\d+)\.pt")
+_PARTIAL = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # atomic_write's temporary files
 _LEAVES = (str, int, float, bool, type(None), torch.dtype, torch.device)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or not a dgm checkpoint of a known version."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -90,10 +95,11 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, disallowed pickled globals, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read (corrupt or truncated file, or not "
-                              f"written by save_checkpoint): {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_unreadable(exc)}") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = f"a dict with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path} is a torch file but not a dgm checkpoint: expected a dict with "
@@ -104,19 +110,52 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
     return obj["payload"]
 
 
+def _unreadable(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in one line and without PyTorch's advice."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        found = re.search(r"unsupported GLOBAL (\S+)", text)
+        return ("it holds " + (f"code ({found.group(1)})" if found else "objects other than tensors and plain data")
+                + ", which a dgm checkpoint never does: a foreign or damaged file; it was not loaded")
+    zip_error = re.match(r"PytorchStreamReader failed reading zip archive: ([^.]*)", text)
+    if zip_error:
+        return f"not a complete torch file ({zip_error.group(1)}): truncated or damaged"
+    if isinstance(exc, EOFError):
+        return "the file ends early (empty or truncated)"
+    return f"damaged or not a torch file ({one_line(exc)})"
+
+
 def checkpoint_path(out_dir: str | Path, task: int) -> Path:
     """Where the checkpoint taken after finishing ``task`` lives."""
     return Path(out_dir) / f"checkpoint_task{task}.pt"
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest finished task under ``out_dir``, or ``None``."""
+def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(task, path)`` of every checkpoint under ``out_dir``, the highest finished task first."""
     folder = Path(out_dir)
     if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.fullmatch(p.name)) and p.is_file()]
-    return max(found)[1] if found else None
+        return []
+    return sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.fullmatch(p.name)) and p.is_file()),
+                  reverse=True)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest finished task under ``out_dir``, or ``None``."""
+    found = checkpoints(out_dir)
+    return found[0][1] if found else None
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` calls killed mid-write left in
+    ``folder``; returns their paths."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if _PARTIAL.fullmatch(p.name) and p.is_file()] if folder.is_dir() else []
+    for path in found:
+        path.unlink()
+    return found
 
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint",
-           "checkpoint_path", "latest_checkpoint"]
+           "checkpoint_path", "checkpoints", "latest_checkpoint", "remove_partial_writes"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, remove_partial_writes
 
 _FIXED = ["task", "epoch", "step", "time_s"]
 _FLUSH_S = 1.0  # longest time logged steps wait in memory before they are written
@@ -66,7 +66,10 @@ class Reporter:
     def start(self, config: dict, resumed_from_task: int | None) -> None:
         """Open the run's outputs. ``resumed_from_task``: the first task this process trains after
         restoring the tasks before it from a checkpoint (``None``: a fresh run). On resume the log
-        keeps the rows of the restored tasks and drops any of the interrupted task."""
+        keeps the rows of the restored tasks and drops any of the interrupted task. Files that a
+        killed write left half-made are removed first, each with a note."""
+        for path in remove_partial_writes(self.out):
+            self.note(f"removed {path}, left by a write that was interrupted")
         self.out.mkdir(parents=True, exist_ok=True)
         _write_json(self.out / "config.json", config)
         log = self.out / "log.csv"
@@ -181,6 +184,10 @@ class Reporter:
         self._fields = fields
         self._csv = open(log, "a", newline="")
         self._writer = csv.DictWriter(self._csv, fieldnames=fields)
+
+    def note(self, line: str) -> None:
+        """A line the user should see even without progress output (``dgm-train: note: ...``)."""
+        tqdm.write(f"dgm-train: note: {line}", file=self.stream)
 
     def _say(self, line: str) -> None:
         if self.show_progress:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .checkpoint import CheckpointError, checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DGM_METHODS, TrainConfig
+from .checkpoint import checkpoint_path, save_checkpoint
+from .config import DGM_METHODS, TrainConfig, check_device
 from .data import load_dataset, split_tasks
 from .masks import compensate_logit_grad_, sharpness, sparsity_regularizer
 from .metrics import build_metrics
@@ -32,10 +32,7 @@ from .models import (DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerato
                      gradient_penalty, mlp_discriminator)
 from .optim import FrozenAdam, reserved_masks
 from .reporting import Reporter
-
-# Config keys that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"out", "resume", "tasks", "device", "backend", "fused", "num_workers", "data_root",
-                      "download"}
+from .run_folder import restore, resume_point
 
 
 def build_generator(config: TrainConfig, num_classes: int, channels: int, backend: str):
@@ -306,22 +303,15 @@ def build_learner(config: TrainConfig, num_classes: int, channels: int, backend:
     return build_baseline(config, num_classes, channels, device)
 
 
-def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    differ = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if differ:
-        raise CheckpointError(f"{path} was written by a run with other settings ({', '.join(differ)}); "
-                              f"resume with the same settings or choose another --out")
-
-
 def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
-    """Train and evaluate a whole continual run; returns the metrics (also in ``out/metrics.json``)."""
+    """Train and evaluate a whole continual run; returns the metrics (also in ``out/metrics.json``).
+    Every check of the settings, the output folder, the checkpoint and the data comes before the
+    first write (``reporter.start``): a run that cannot start leaves ``out`` as it was."""
+    check_device(config.device)
     device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {config.device!r} requested but no CUDA GPU is available")
     backend = ops.fastest_backend(device) if config.fused else config.backend
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    resume = resume_point(config)
 
     train, test = load_dataset(config.dataset, root=config.data_root, download=config.download,
                                image_size=config.image_size)
@@ -331,19 +321,15 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
     learner = build_learner(config, train.num_classes, train.channels, backend, device)
     history = {"test": [], "val": [], "generator_params": [], "growth": [], "wall_time_s": []}
 
-    start = 0
-    path = latest_checkpoint(out)
-    if path is not None and not config.resume:
-        raise CheckpointError(f"{out} holds a checkpoint of an earlier run ({path.name}); pass --resume to "
-                              f"continue it or choose another --out")
-    if path is not None:
-        state = load_checkpoint(path, map_location=device)
-        _check_resumable(state["config"], config, path)
-        learner.load_state_dict(state)
-        history, start = state["history"], state["next_task"]
-
     reporter = reporter if reporter is not None else Reporter(out)
-    reporter.start(config.to_dict(), start if path is not None else None)
+    start = 0
+    if resume is not None:
+        restore(learner, resume, config.method)
+        history, start = resume.payload["history"], resume.next_task
+        for skipped in resume.skipped:
+            reporter.note(f"{skipped}; continuing from {resume.path.name}")
+
+    reporter.start(config.to_dict(), start if resume is not None else None)
     metrics = None
     try:
         for t in range(start, len(tasks)):

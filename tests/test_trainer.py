@@ -74,5 +74,5 @@ def test_resume_refuses_other_settings(tmp_path):
     run(tiny(tmp_path, tasks=1), quiet(tmp_path))
     changed = tiny(tmp_path, tasks=2, resume=True)
     changed.hidden = 8
-    with pytest.raises(ValueError, match="other settings.*hidden"):
+    with pytest.raises(ValueError, match="hidden = 8: the run in .* was made with hidden = 16"):
         run(changed, quiet(tmp_path))
