@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dgm.cli import results
+from dgm.errors import ResultsError
 
 
 def _write_run(folder, method="dgmw", seed=0, a=(1.0, 0.8, 0.6), params=(100, 150, 180)):
@@ -38,11 +39,11 @@ def test_seeds_pool_and_methods_do_not(tmp_path, capsys):
 
 
 def test_a_folder_without_metrics_is_named(tmp_path, capsys):
-    assert results.main([str(tmp_path)]) == 1
+    assert results.main([str(tmp_path)]) == 2
     assert f"{tmp_path} holds no metrics.json" in capsys.readouterr().err
 
 
 def test_a_foreign_json_is_refused(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"hello": 1}))
-    with pytest.raises(ValueError, match="no 'config'"):
+    with pytest.raises(ResultsError, match="metrics.json has no 'config' object"):
         results.load_run(tmp_path)

@@ -4,30 +4,82 @@
 the mean and spread over the runs that differ only in their seed (A5, A10, forgetting, generator
 weights after the first and the last task, wall time). ``--matrices`` adds each run's accuracy
 matrix and its generator's growth per task. ``docs/results.md`` is made with it.
+
+Exit status (:mod:`dgm.cli.boundary`): 0 done; 2 a bad command line, or a run folder without a
+readable ``metrics.json`` (one line ``dgm-results: error: ...`` naming the file and what is wrong
+with it); 130 interrupted; 1 a bug (traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
+
+from ..errors import ResultsError, one_line
+from .boundary import Parser, console_script
 
 # Settings that do not make two runs different experiments.
 _NOT_SETTINGS = {"seed", "out", "resume", "data_root", "download", "num_workers", "device", "tasks"}
 
 
 def load_run(folder: str | Path) -> dict:
-    """The ``metrics.json`` of a run folder, with the folder's name under ``"run"``."""
+    """The ``metrics.json`` of a run folder, with the folder's name under ``"run"``;
+    :class:`ResultsError` naming the file when it is missing, unreadable or not what
+    ``dgm-train`` writes."""
     path = Path(folder) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} holds no metrics.json: not a dgm-train output folder")
-    metrics = json.loads(path.read_text())
-    for key in ("config", "accuracy_matrix", "A"):
-        if key not in metrics:
-            raise ValueError(f"{path} has no {key!r}: not a dgm-train metrics file")
+        raise ResultsError(f"{folder} holds no metrics.json: not a dgm-train output folder")
+    try:
+        metrics = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ResultsError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ResultsError(f"{path} is not valid JSON (truncated or damaged): {one_line(exc)}") from exc
+    problem = _problem(metrics)
+    if problem:
+        raise ResultsError(f"{path} {problem}: not a dgm-train metrics file, or a damaged one")
     return {**metrics, "run": Path(folder).name}
+
+
+def _number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _problem(metrics) -> str | None:
+    """What makes ``metrics`` unlike a ``metrics.json`` of :func:`dgm.metrics.build_metrics`, or ``None``."""
+    if not isinstance(metrics, dict):
+        return f"holds a JSON {type(metrics).__name__}, not an object"
+    config, matrix, average = metrics.get("config"), metrics.get("accuracy_matrix"), metrics.get("A")
+    if not isinstance(config, dict):
+        return "has no 'config' object"
+    for key, types in (("dataset", (str,)), ("method", (str,)), ("seed", (int,))):
+        if type(config.get(key)) not in types:
+            return f"has no config.{key}"
+    if not isinstance(average, list) or not average or not all(_number(a) for a in average):
+        return "has no 'A' list of numbers"
+    t = len(average)
+    if not isinstance(matrix, list) or len(matrix) != t or not all(
+            isinstance(row, list) and len(row) == t and all(_number(v) for v in row[:i + 1])
+            and all(v is None for v in row[i + 1:]) for i, row in enumerate(matrix)):
+        return f"has no {t}x{t} lower-triangular 'accuracy_matrix' of numbers"
+    for key in ("A5", "A10", "forgetting"):
+        if metrics.get(key) is not None and not _number(metrics[key]):
+            return f"has a {key!r} that is not a number"
+    for key in ("generator_params", "wall_time_s"):
+        if key in metrics and not (isinstance(metrics[key], list) and len(metrics[key]) == t
+                                   and all(_number(v) for v in metrics[key])):
+            return f"has a {key!r} that is not a list of {t} numbers"
+    units = metrics.get("generator_units")
+    if units is not None and not (isinstance(units, list) and len(units) == t and all(isinstance(u, list)
+                                                                                      for u in units)):
+        return f"has a 'generator_units' that is not a list of {t} lists"
+    for key in ("device", "backend"):
+        if key in metrics and not isinstance(metrics[key], str):
+            return f"has a {key!r} that is not a string"
+    return None
 
 
 def _experiment(run: dict) -> tuple:
@@ -89,21 +141,18 @@ def matrix_section(run: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dgm-results", description="Markdown tables of dgm-train runs.")
+@console_script("dgm-results")
+def main(argv: list[str] | None) -> None:
+    """Run ``dgm-results`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = Parser(prog="dgm-results", description="Markdown tables of dgm-train runs.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="dgm-train --out folders")
     parser.add_argument("--matrices", action="store_true", help="add every run's accuracy matrix")
     args = parser.parse_args(argv)
-    try:
-        runs = [load_run(folder) for folder in args.runs]
-    except (OSError, ValueError) as exc:
-        print(f"dgm-results: error: {exc}", file=sys.stderr)
-        return 1
+    runs = [load_run(folder) for folder in args.runs]
     parts = [summary_table(runs)]
     if args.matrices:
         parts += [matrix_section(run) for run in runs]
     print("\n\n".join(parts))
-    return 0
 
 
 if __name__ == "__main__":
