@@ -1,9 +1,15 @@
 """``dgm-results``: Markdown tables of finished runs, from their ``metrics.json``.
 
-``dgm-results RUN_DIR...`` prints one summary table: a row per (dataset, method, settings), with
-the mean and spread over the runs that differ only in their seed (A5, A10, forgetting, generator
-weights after the first and the last task, wall time). ``--matrices`` adds each run's accuracy
-matrix and its generator's growth per task. ``docs/results.md`` is made with it.
+``dgm-results RUN_DIR...`` prints one summary table: a row per experiment, with the mean and
+spread over its runs, which differ only in their seed. An experiment is every setting that
+changes the numbers (every :class:`~dgm.config.TrainConfig` field but the run-only ones, such as
+``out``, ``device`` and ``backend``, and the seed; a key an older file lacks counts as its
+default), with the number of tasks the run finished: a 2-task run is never averaged with a
+10-task one. Columns: tasks x classes per task, A5 and A10 (for runs with that many tasks), the
+final accuracy ``A_T``, forgetting, generator weights after the first and the last task, wall
+time, and the settings that tell the rows apart. Two runs of one experiment with the same seed
+are refused (the same numbers twice are not two samples). ``--matrices`` adds each run's
+accuracy matrix and its generator's growth per task. ``docs/results.md`` is made with it.
 
 Exit status (:mod:`dgm.cli.boundary`): 0 done; 2 a bad command line, or a run folder without a
 readable ``metrics.json`` (one line ``dgm-results: error: ...`` naming the file and what is wrong
@@ -12,17 +18,19 @@ with it); 130 interrupted; 1 a bug (traceback).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
+from ..config import TrainConfig, rule
 from ..errors import ResultsError, one_line
 from .boundary import Parser, console_script
 
-# Settings that do not make two runs different experiments.
-_NOT_SETTINGS = {"seed", "out", "resume", "data_root", "download", "num_workers", "device", "tasks"}
+# Shown in columns of their own rather than among the settings that tell rows apart.
+_COLUMNS = ("dataset", "method", "tasks", "classes_per_task")
 
 
 def load_run(folder: str | Path) -> dict:
@@ -41,7 +49,7 @@ def load_run(folder: str | Path) -> dict:
     problem = _problem(metrics)
     if problem:
         raise ResultsError(f"{path} {problem}: not a dgm-train metrics file, or a damaged one")
-    return {**metrics, "run": Path(folder).name}
+    return {**metrics, "run": Path(folder).name, "folder": str(folder)}
 
 
 def _number(value) -> bool:
@@ -82,9 +90,27 @@ def _problem(metrics) -> str | None:
     return None
 
 
-def _experiment(run: dict) -> tuple:
+def experiment(run: dict) -> dict:
+    """The settings that make ``run``'s numbers what they are (see the module doc)."""
     config = run["config"]
-    return tuple(sorted((k, json.dumps(v)) for k, v in config.items() if k not in _NOT_SETTINGS))
+    settings = {f.name: config.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)
+                if not rule(f.name).run_only and f.name != "seed"}
+    return {**settings, "tasks": len(run["A"])}
+
+
+def group_runs(runs: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """``(experiment, its runs)`` in the order first seen; :class:`ResultsError` naming both
+    folders when two runs of an experiment share a seed."""
+    groups: dict[str, tuple[dict, list[dict]]] = {}
+    for run in runs:
+        settings = experiment(run)
+        _, group = groups.setdefault(json.dumps(settings, sort_keys=True), (settings, []))
+        twin = next((r for r in group if r["config"]["seed"] == run["config"]["seed"]), None)
+        if twin is not None:
+            raise ResultsError(f"{twin['folder']} and {run['folder']} are runs of the same settings and seed "
+                               f"{run['config']['seed']}: pooling them would count one result twice; pass one")
+        group.append(run)
+    return list(groups.values())
 
 
 def _stat(values: list[float], digits: int = 3) -> str:
@@ -98,26 +124,25 @@ def _stat(values: list[float], digits: int = 3) -> str:
 
 def summary_table(runs: list[dict]) -> str:
     """One row per experiment, seeds pooled: mean ± sample standard deviation."""
-    groups: dict[tuple, list[dict]] = {}
-    for run in runs:
-        groups.setdefault(_experiment(run), []).append(run)
-    lines = ["| dataset | method | backend | seeds | tasks | A5 | A10 | forgetting "
-             "| generator weights (task 0 -> last) | wall time / run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for group in groups.values():
-        config = group[0]["config"]
-        tasks = {len(r["A"]) for r in group}
+    groups = group_runs(runs)
+    differ = [k for k in groups[0][0] if k not in _COLUMNS and len({json.dumps(s[k]) for s, _ in groups}) > 1]
+    lines = ["| dataset | method | backend | seeds | tasks × classes | A5 | A10 | A_T (final) | forgetting "
+             "| generator weights (task 0 -> last) | wall time / run | settings |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for settings, group in groups:
+        t = settings["tasks"]
         params = [r["generator_params"] for r in group if any(r.get("generator_params") or [])]
         growth = "-" if not params else (f"{statistics.fmean(p[0] for p in params):,.0f} -> "
                                          f"{statistics.fmean(p[-1] for p in params):,.0f}")
         minutes = [sum(r.get("wall_time_s") or []) / 60 for r in group]
+        backends = sorted({str(r.get("backend", r["config"].get("backend", "?"))) for r in group})
+        headline = [_stat([r["A"][n - 1] for r in group]) if t >= n else "-" for n in (5, 10)]
         lines.append(
-            f"| {config['dataset']} | {config['method']} | {group[0].get('backend', config['backend'])} "
-            f"| {', '.join(str(r['config']['seed']) for r in group)} "
-            f"| {'/'.join(str(t) for t in sorted(tasks))} "
-            f"| {_stat([r['A5'] for r in group if 'A5' in r])} | {_stat([r['A10'] for r in group if 'A10' in r])} "
+            f"| {settings['dataset']} | {settings['method']} | {'/'.join(backends)} "
+            f"| {', '.join(str(r['config']['seed']) for r in group)} | {t} × {settings['classes_per_task']} "
+            f"| {' | '.join(headline)} | {_stat([r['A'][-1] for r in group])} "
             f"| {_stat([r['forgetting'] for r in group if r.get('forgetting') is not None])} | {growth} "
-            f"| {_stat(minutes, 1)} min |")
+            f"| {_stat(minutes, 1)} min | {', '.join(f'{k}={json.dumps(settings[k])}' for k in differ)} |")
     return "\n".join(lines)
 
 
