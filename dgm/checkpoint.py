@@ -157,5 +157,5 @@ def remove_partial_writes(folder: str | Path) -> list[Path]:
     return found
 
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint",
-           "checkpoint_path", "checkpoints", "latest_checkpoint", "remove_partial_writes"]
+__all__ = ["FORMAT", "VERSION", "CheckpointError", "atomic_write", "checkpoint_path", "checkpoints",
+           "latest_checkpoint", "load_checkpoint", "remove_partial_writes", "save_checkpoint"]

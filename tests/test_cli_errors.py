@@ -199,7 +199,7 @@ def _damage_idx(path, how):
     (0, "truncated", "is truncated: its header declares [30, 28, 28]"),
     (0, "random", "is not a uint8 IDX file"),
     (2, "trailing", "has 1 bytes more than the [20, 28, 28] its header declares"),
-    (1, "labels", "holds label 200; labels must lie in 0..9"),
+    (1, "labels", "holds labels 0..200; labels must lie in 0..9"),
 ])
 def test_damaged_idx_files(mnist_root, tmp_path, file, how, what):
     path = mnist_root / "MNIST" / "raw" / IDX_FILES[file]

