@@ -131,7 +131,9 @@ def _edit(path, change):
     (lambda p: p.update(next_task=99), "says next_task = 99, but it was taken after task 1"),
     (lambda p: p.update(generator=torch.nn.Linear(3, 3).state_dict()), "holds weights that do not fit a dgmw model"),
     (lambda p: p.update(classifier=p.pop("generator")), "holds weights that do not fit a dgmw model"),
-    (lambda p: p["history"]["test"].pop(), "lacks the history of its 2 finished tasks"),
+    (lambda p: p["history"]["test"].pop(), "lacks a valid history of its 2 finished tasks"),
+    (lambda p: p["history"]["test"][1].append((5, 3)), "lacks a valid history of its 2 finished tasks"),
+    (lambda p: p["history"].update(wall_time_s="1s"), "lacks a valid history of its 2 finished tasks"),
 ])
 def test_hand_edited_checkpoints(tmp_path_factory, tmp_path, change, message):
     out = finished_run(tmp_path_factory, tmp_path / "run")
