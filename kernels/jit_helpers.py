@@ -18,6 +18,8 @@ MASK_BITS = tl.constexpr(2)      # packed binary mask
 FROZEN_NONE = tl.constexpr(0)    # nothing reserved
 FROZEN_BITS = tl.constexpr(1)    # packed frozen bits (DGMw)
 FROZEN_UNITS = tl.constexpr(2)   # reserved output and input units (DGMa, HAT's min(a_i, a_j))
+# Above every task id: the neutral element of the min over a tile's tasks.
+NO_TASK = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
@@ -41,7 +43,7 @@ def replay_tasks(perm_ptr, task_ptr, idx, ok):
     ``idx`` and the range of tasks the tile meets (its k-loop runs once per task present)."""
     rows = tl.load(perm_ptr + idx, mask=ok, other=0).to(tl.int64)
     tasks = tl.load(task_ptr + idx, mask=ok, other=-1)
-    t_lo = tl.min(tl.where(ok, tasks, 2147483647), axis=0)
+    t_lo = tl.min(tl.where(ok, tasks, NO_TASK), axis=0)
     t_hi = tl.max(tasks, axis=0) + 1
     return rows, tasks, t_lo, t_hi
 
