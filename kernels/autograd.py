@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # What each op's backward custom op takes after the gradient, before its own ``extra`` arguments
 # and the three ``need_*`` flags.
 BACKWARD_INPUTS = ("x", "weight", "logits", "s", "bits", "perm", "sorted_task", "task_offsets", "frozen_bits",

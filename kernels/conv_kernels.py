@@ -44,6 +44,7 @@ from .jit_helpers import (
     replay_tasks,
     tile_offsets,
     unit_epilogue,
+    weight_tile,
 )
 
 
@@ -237,14 +238,10 @@ def _conv_wgrad_kernel(
     # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
     lo = tl.program_id(1) * CHUNK
     hi = tl.minimum(lo + CHUNK, BATCH * PH * PW)
-    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
-    ok = r_ok[:, None] & c_ok[None, :]
+    offs_r, offs_c, r_ok, c_ok, ok, wr, wc, b_off = weight_tile(R, C, sb_0, sb_1, BLOCK_R, BLOCK_C, GROUP_R)
     a = (offs_c // (KH * KW))[None, :]
     kh = ((offs_c // KW) % KH)[None, :]
     kw = (offs_c % KW)[None, :]
-    wr = offs_r[:, None]
-    wc = offs_c[None, :]
-    b_off = wr * sb_0 + (wc >> 3) * sb_1
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
         # One reduction per task segment of the sorted batch, each added under its own bits.

@@ -38,6 +38,17 @@ def tile_offsets(GRID_A, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GRO
 
 
 @triton.jit
+def weight_tile(R, C, sb_0, sb_1, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, GROUP_R: tl.constexpr):
+    """A weight-gradient program's tile of the ``[R, C]`` weight matrix: ``(offs_r, offs_c, r_ok,
+    c_ok, ok, wr, wc, b_off)`` -- its row and column offsets, their bounds and the tile's, the rows
+    and columns as 2-D index tiles, and the offsets of their packed-bit bytes."""
+    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
+    wr = offs_r[:, None]
+    wc = offs_c[None, :]
+    return offs_r, offs_c, r_ok, c_ok, r_ok[:, None] & c_ok[None, :], wr, wc, wr * sb_0 + (wc >> 3) * sb_1
+
+
+@triton.jit
 def replay_tasks(perm_ptr, task_ptr, idx, ok):
     """Replay: ``(rows, tasks, t_lo, t_hi)`` -- the batch rows and tasks of the sorted positions
     ``idx`` and the range of tasks the tile meets (its k-loop runs once per task present)."""

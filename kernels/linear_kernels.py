@@ -39,6 +39,7 @@ from .jit_helpers import (
     replay_tasks,
     tile_offsets,
     unit_epilogue,
+    weight_tile,
 )
 
 
@@ -142,11 +143,7 @@ def _masked_wgrad_kernel(
         WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, PREC: tl.constexpr,
         # Tile shape (autotuned).
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
-    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
-    ok = r_ok[:, None] & c_ok[None, :]
-    wr = offs_r[:, None]
-    wc = offs_c[None, :]
-    b_off = wr * sb_0 + (wc >> 3) * sb_1
+    offs_r, offs_c, r_ok, c_ok, ok, wr, wc, b_off = weight_tile(R, C, sb_0, sb_1, BLOCK_R, BLOCK_C, GROUP_R)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
         # One reduction per task segment of the sorted rows, each added under its own bits.
