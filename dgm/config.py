@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ops.backends import validate as validate_backend
+
 DATASETS = ("mnist", "fashion-mnist", "svhn", "cifar10", "imagenet50", "mnist5k")
 DGM_METHODS = ("dgmw", "dgma")
 # Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
@@ -76,8 +78,7 @@ class TrainConfig:
         need(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         need(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
-        need(self.backend in ("reference", "triton", "cuda", "auto"),
-             f"backend must be one of reference, triton, cuda, auto; got {self.backend!r}")
+        validate_backend(self.backend)
         for name in ("classes_per_task", "epochs", "batch_size", "nz", "ngf", "ndf", "hidden", "image_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--beta1", type=float, help="Adam beta1")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="cpu, cuda or cuda:INDEX")
-    run.add_argument("--backend", choices=ops.BACKENDS + ("auto",), help="masked-op implementation")
+    run.add_argument("--backend", choices=ops.CHOICES, help="masked-op implementation")
     run.add_argument("--fused", action=argparse.BooleanOptionalAction,
                      help="use the fastest fused backend of the device (overrides --backend; falls back "
                           "to the reference, with a warning, where none runs)")
