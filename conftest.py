@@ -30,4 +30,4 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("cpu_backend", [
         pytest.param(b, marks=pytest.mark.skipif(ops.unavailable_reason(b, "linear", cpu) is not None,
                                                  reason=f"backend {b} does not run on this CPU"))
-        for b in ("reference", "cuda", "triton")])
+        for b in ops.BACKENDS])

@@ -30,7 +30,7 @@ def _generator_params(ngf, device):
     return params
 
 
-@pytest.mark.parametrize("impl", ["frozen-cuda", "frozen-reference", "adam"])
+@pytest.mark.parametrize("impl", ["frozen-extension", "frozen-reference", "adam"])
 def test_step(benchmark, shape, impl, device, synced):
     (ngf,) = shape
     benchmark.group = f"adam-step-{ngf}"

@@ -1,4 +1,4 @@
-"""Masked conv-transpose forward+backward through the extension (the ``cuda`` backend: one fused
+"""Masked conv-transpose forward+backward through the extension (the ``extension`` backend: one fused
 pass forms W_eff, cuDNN convolves, one fused epilogue writes grad_W and grad_logits) vs the
 reference vs the unmasked limit (``F.conv_transpose2d`` on a plain weight). Soft weight mask with
 30% of the weights frozen, weights as corner views of larger storage, as in a grown generator.
@@ -25,12 +25,12 @@ GPU_SHAPES = [(64, 24, 12, 4), (64, 12, 6, 8), (64, 96, 48, 8), (64, 48, 24, 16)
 FIRST_SHAPES = [(64, 100, 24), (256, 110, 256), (1024, 512, 512)] if ON_GPU else [(64, 100, 24)]
 LINEAR_SHAPES = ([(64, 100, 100), (256, 512, 512), (256, 1024, 1024), (4096, 4096, 4096)] if ON_GPU
                  else [(64, 100, 100), (128, 256, 256)])
-IMPLS = ["reference", "cuda", "limit"]
+IMPLS = ["reference", "extension", "limit"]
 
 
 def _masked(impl, op, x, storage, weight_shape, logits, frozen, *args):
     """fwd+bwd callable of the masked op on the corner view of ``storage``."""
-    mod = extension if impl == "cuda" else reference
+    mod = extension if impl == "extension" else reference
     corner = (slice(0, weight_shape[0]), slice(0, weight_shape[1]))
 
     def fn():

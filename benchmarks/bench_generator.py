@@ -31,9 +31,9 @@ USE = 0.2                                     # share of the logits a task turns
 ROWS = 64 if ON_GPU else 4                    # replay rows per task
 TASKS = (1, 2, 5, 10) if ON_GPU else (1, 10)
 ARCHS = {"dcgan": {"nz": 128, "ngf": 6}, "mlp": {"nz": 64, "hidden": 256 if ON_GPU else 64}}
-BACKENDS = ("reference", "auto", "triton", "cuda")
+BACKENDS = ("reference", "auto", "triton", "extension")
 CPU_SKIP = {"auto": "'auto' is the reference on a CPU", "triton": "the Triton interpreter is not a speed measure",
-            "cuda": "the fused path runs the reference on a CPU (dgm.ops.fastest_backend)"}
+            "extension": "the fused path runs the reference on a CPU (dgm.ops.fastest_backend)"}
 # (layer, in, out): the paper's generator sizes, and larger on a GPU.
 GROWTH_SHAPES = ([("convT", 24, 12), ("convT", 256, 128), ("linear", 256, 256), ("linear", 4096, 4096)] if ON_GPU
                  else [("convT", 24, 12), ("linear", 256, 256)])

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 REFERENCE = ("reference", "frozen-reference")
-FUSED = ("triton", "cuda", "auto", "fused", "frozen-cuda")
+# "cuda" and "frozen-cuda": the extension's columns in results JSON from before its rename.
+FUSED = ("triton", "extension", "auto", "fused", "frozen-extension", "cuda", "frozen-cuda")
 LIMIT = ("limit", "adam")
 # (numerator columns, denominator columns): a ratio for every pair present in a group.
 RATIOS = ((REFERENCE, FUSED), (FUSED, LIMIT), (("loop",), ("one-pass",)), (("realloc",), ("expand",)))

@@ -47,18 +47,6 @@ at::Tensor unpack_bits(const at::Tensor& bits_in, at::IntArrayRef shape) {
   return mask;
 }
 
-at::Tensor union_bits(const at::Tensor& a_in, const at::Tensor& b_in) {
-  check_union(a_in, b_in);
-  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
-  at::Tensor out = at::empty(a.sizes(), a.options());
-  const uint8_t *pa = a.data_ptr<uint8_t>(), *pb = b.data_ptr<uint8_t>();
-  uint8_t* po = out.data_ptr<uint8_t>();
-  at::parallel_for(0, a.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) po[i] = pa[i] | pb[i];
-  });
-  return out;
-}
-
 at::Tensor popcount(const at::Tensor& bits_in) {
   const at::Tensor bits = checked_popcount(bits_in);
   const uint8_t* p = bits.data_ptr<uint8_t>();
@@ -130,7 +118,6 @@ void frozen_adam(at::TensorList params, at::TensorList grads, at::TensorList exp
 TORCH_LIBRARY(dgm, m) {
   m.def("pack_bits(Tensor mask) -> Tensor");
   m.def("unpack_bits(Tensor bits, int[] shape) -> Tensor");
-  m.def("union_bits(Tensor a, Tensor b) -> Tensor");
   m.def("popcount(Tensor bits) -> Tensor");
   m.def("masked_weight(Tensor weight, Tensor? logits, float s, Tensor? bits) -> Tensor");
   m.def("masked_weight_backward(Tensor grad, Tensor weight, Tensor? logits, float s, Tensor? bits, "
@@ -144,7 +131,6 @@ TORCH_LIBRARY(dgm, m) {
 TORCH_LIBRARY_IMPL(dgm, CPU, m) {
   m.impl("pack_bits", dgm::pack_bits);
   m.impl("unpack_bits", dgm::unpack_bits);
-  m.impl("union_bits", dgm::union_bits);
   m.impl("popcount", dgm::popcount);
   m.impl("masked_weight", &dgm::masked_weight_op<dgm::masked_weight_cpu>);
   m.impl("masked_weight_backward", &dgm::masked_weight_backward_op<dgm::masked_weight_backward_cpu>);

@@ -96,14 +96,6 @@ inline std::pair<at::Tensor, int64_t> checked_unpack(const at::Tensor& bits, at:
   return {bits.contiguous(), cols};
 }
 
-inline void check_union(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.scalar_type() == at::kByte && b.scalar_type() == at::kByte, "union: a and b must be packed uint8 "
-              "bits, got ", a.scalar_type(), " and ", b.scalar_type());
-  TORCH_CHECK(a.sizes() == b.sizes(), "union: a and b must pack masks of one shape, got ", a.sizes(), " and ",
-              b.sizes());
-  TORCH_CHECK(a.device() == b.device(), "union: a is on ", a.device(), " but b is on ", b.device());
-}
-
 inline at::Tensor checked_popcount(const at::Tensor& bits) {
   TORCH_CHECK(bits.scalar_type() == at::kByte, "popcount: bits must be uint8, got dtype ", bits.scalar_type());
   return bits.contiguous();

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from .data.datasets import DATASETS, NUM_CLASSES
 from .errors import ConfigError, show
+from .ops.backends import CHOICES as BACKEND_CHOICES
+from .ops.backends import validate as validate_backend
 
 DGM_METHODS = ("dgmw", "dgma")
 # Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
@@ -84,7 +86,8 @@ class TrainConfig:
     beta1: float = setting(0.5, "Adam beta1", low=0, high=1, high_open=True)
     seed: int = setting(0, "random seed", low=0, high=SEED_MAX)
     device: str = setting("cpu", "cpu, cuda or cuda:INDEX", run_only=True)
-    backend: str = setting("reference", "masked-op implementation (a dgm.ops backend or auto)", run_only=True)
+    backend: str = setting("reference", "masked-op implementation", run_only=True,
+                           metavar="{" + ",".join(BACKEND_CHOICES) + "}")
     fused: bool = setting(False, "use the fastest fused backend of the device (overrides --backend; falls back "
                                  "to the reference, with a warning, where none runs)", run_only=True)
     out: str = setting("runs/dgm", "output folder (checkpoints, logs, metrics.json)", run_only=True, metavar="DIR")
@@ -129,14 +132,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every setting against its declaration, then the combinations; :class:`ConfigError`."""
-        def need(cond, msg):  # the backend names come from dgm.ops
-            if not cond:
-                raise ConfigError("backend", self.backend, msg)
-
         for f in dataclasses.fields(self):
             setattr(self, f.name, check_setting(f.name, getattr(self, f.name)))
-        need(self.backend in ("reference", "triton", "cuda", "auto"),
-             f"backend must be one of reference, triton, cuda, auto; got {self.backend!r}")
+        try:
+            validate_backend(self.backend)  # the registry's names, and the new name of a renamed one
+        except ValueError as exc:
+            raise ConfigError("backend", self.backend, str(exc)) from None
         classes = NUM_CLASSES[self.dataset]
         if classes % self.classes_per_task:
             raise ConfigError("classes_per_task", self.classes_per_task,

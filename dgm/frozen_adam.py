@@ -16,16 +16,18 @@ from collections import defaultdict
 import torch
 
 from . import bits as _bits
-from .ops import extension as _ext
+from . import ops
+from .ops.backends import BY_NAME, CHOICES
 
-BACKENDS = ("auto", "reference", "cuda")
+# The backend names FrozenAdam takes: auto, and the registered backends that implement its step.
+BACKENDS = tuple(b for b in CHOICES if b == "auto" or "frozen_adam" in BY_NAME[b].ops)
 
 
 class FrozenAdam(torch.optim.Optimizer):
     """Adam (L2 weight decay added to the gradient) or AdamW (``decoupled_weight_decay=True``) with
     per-parameter reserved masks (:meth:`set_reserved`).
 
-    ``backend``: ``"cuda"`` is the extension's multi-tensor step (its CPU build on CPU tensors),
+    ``backend``: ``"extension"`` is the extension's multi-tensor step (its CPU build on CPU tensors),
     ``"reference"`` the pure-PyTorch step, ``"auto"`` the extension where it runs.
     """
 
@@ -39,8 +41,8 @@ class FrozenAdam(torch.optim.Optimizer):
             raise ValueError(f"betas must be two values in [0, 1), got {betas}")
         if not 0.0 <= weight_decay:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if ops.check_backend(backend) not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} (FrozenAdam's step), got {backend!r}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "decoupled_weight_decay": bool(decoupled_weight_decay)}
         super().__init__(params, defaults)
@@ -65,14 +67,13 @@ class FrozenAdam(torch.optim.Optimizer):
             reserved[p] = self._packed(p, mask)
         self._reserved = reserved
 
-    @staticmethod
-    def _packed(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _packed(self, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.dtype == torch.bool:
             if mask.shape != p.shape:
                 raise ValueError(f"set_reserved: bool mask of shape {tuple(mask.shape)} does not match its "
                                  f"parameter's {tuple(p.shape)}")
             mask = mask.to(p.device)
-            return _ext.pack(mask) if _ext.runs_on(p.device) else _bits.pack(mask)
+            return ops.bit_ops(self.backend, p.device).pack(mask)
         if mask.dtype == torch.uint8:
             expected = (p.shape[0], _bits.packed_cols(p[0].numel() if p.shape[0] else 0))
             if tuple(mask.shape) != expected:
@@ -82,12 +83,8 @@ class FrozenAdam(torch.optim.Optimizer):
         raise TypeError(f"set_reserved: a mask must be bool (unpacked) or uint8 (packed bits), got {mask.dtype}")
 
     def _uses_extension(self, device: torch.device) -> bool:
-        if self.backend == "reference":
-            return False
-        reason = _ext.unavailable_reason(device)
-        if self.backend == "cuda" and reason is not None:
-            raise RuntimeError(f"FrozenAdam(backend='cuda'): {reason}")
-        return reason is None
+        """Whether the step on ``device`` is the extension's (raises if it was asked for and cannot run)."""
+        return ops.resolve(self.backend, "frozen_adam", device) == "extension"
 
     @torch.no_grad()
     def step(self, closure=None):

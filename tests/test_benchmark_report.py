@@ -23,7 +23,7 @@ TINY = '''
 import pytest
 import torch
 
-WORK = {"reference": 4000, "triton": 1000, "cuda": 2000, "limit": 500, "loop": 3000, "one-pass": 1000,
+WORK = {"reference": 4000, "triton": 1000, "extension": 2000, "limit": 500, "loop": 3000, "one-pass": 1000,
         "realloc": 800, "expand": 400}
 
 
@@ -58,7 +58,7 @@ def bench_json(tmp_path_factory) -> Path:
     suite = tmp_path_factory.mktemp("suite")
     shutil.copy(ROOT / "benchmarks" / "conftest.py", suite / "conftest.py")
     (suite / "bench_tiny.py").write_text('IMPLS = ["reference", "triton", "limit"]\n' + TINY)
-    (suite / "bench_other.py").write_text('IMPLS = ["reference", "cuda", "limit"]\n'
+    (suite / "bench_other.py").write_text('IMPLS = ["reference", "extension", "limit"]\n'
                                           + TINY.split("@pytest.mark.parametrize(\"impl\", [\"loop\"")[0])
     out = suite / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pytest", str(suite), "--benchmark-only", "-q", "-p",
@@ -104,15 +104,15 @@ def test_results_file_holds_the_runs_figures_and_ratios(bench_json, tmp_path):
 
     groups = summary["groups"]
     assert set(groups["fused-8"]["columns"]) == {"reference (tiny)", "triton", "limit (tiny)",
-                                                  "reference (other)", "cuda", "limit (other)"}
+                                                  "reference (other)", "extension", "limit (other)"}
     def ratio(suite, group, num, den):
         return stats[suite, group, num]["median"] / stats[suite, group, den]["median"]
 
     expected = {
         ("fused-8", "reference (tiny)/triton"): ratio("tiny", "fused-8", "reference", "triton"),
-        ("fused-8", "reference (other)/cuda"): ratio("other", "fused-8", "reference", "cuda"),
+        ("fused-8", "reference (other)/extension"): ratio("other", "fused-8", "reference", "extension"),
         ("fused-8", "triton/limit (tiny)"): ratio("tiny", "fused-8", "triton", "limit"),
-        ("fused-8", "cuda/limit (other)"): ratio("other", "fused-8", "cuda", "limit"),
+        ("fused-8", "extension/limit (other)"): ratio("other", "fused-8", "extension", "limit"),
         ("replay-8", "loop/one-pass"): ratio("tiny", "replay-8", "loop", "one-pass"),
         ("growth-8", "realloc/expand"): ratio("tiny", "growth-8", "realloc", "expand"),
     }

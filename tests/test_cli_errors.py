@@ -37,6 +37,7 @@ def refused(argv, *names, out=None):
     (["--lambda-gp", "nan"], "--lambda-gp = nan: a finite number >= 0"),
     (["--epochs", "1.5"], '--epochs = "1.5": an integer >= 1'),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--backend", "cuda"], "--backend = \"cuda\": backend 'cuda' is now called 'extension'"),
 ])
 def test_bad_flags(tmp_path, flags, line):
     out = tmp_path / "run"

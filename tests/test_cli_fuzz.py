@@ -74,7 +74,7 @@ def bad_values(name):
     if base is str and r.choices:
         wrong.append(WORDS.filter(lambda v: v not in r.choices))
     if name == "backend":
-        wrong.append(WORDS.filter(lambda v: v not in (*ops.BACKENDS, "auto")))
+        wrong.append(WORDS.filter(lambda v: v not in ops.CHOICES))
     return st.one_of(wrong)
 
 
@@ -91,7 +91,7 @@ def bad_words(name):
     if r.choices:
         return WORDS.filter(lambda v: v not in r.choices)
     return {"device": st.sampled_from(["tpu", "cuda:x", "meta", "gpu", ""]),
-            "backend": WORDS.filter(lambda v: v not in (*ops.BACKENDS, "auto"))}.get(name, st.just(""))
+            "backend": WORDS.filter(lambda v: v not in ops.CHOICES)}.get(name, st.just(""))
 
 
 FLAG_CASES = st.sampled_from([n for n in NAMES if bad_words(n) is not None]).flatmap(
@@ -106,9 +106,18 @@ COMBINATIONS = st.one_of(
     st.integers(1, 64).filter(lambda s: s != 32).map(lambda s: ("image_size", {"arch": "dcgan", "image_size": s})))
 
 
+def _settings_file(world, values):
+    """A config file of the tiny run's settings, its --out a folder that must never appear, and ``values``."""
+    path = world["base"] / "settings.json"
+    path.write_text(json.dumps({**TINY_SETTINGS, "out": str(world["base"] / "never"), **values}))
+    return path
+
+
 def _refused(world, argv, *names):
+    """dgm-train refuses ``argv`` (which sets --out, or whose config file does) in one line naming
+    ``names``, and the run folder never appears."""
     out = world["base"] / "never"
-    code, _, err = call(train.main, [*argv, "--out", out] if "--out" not in argv else argv)
+    code, _, err = call(train.main, argv)
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith("dgm-train: error: ") and err.count("\n") == 1, err
     for name in names:
@@ -122,23 +131,21 @@ def test_bad_flags(world, case):
     name, word = case
     flag = "--" + name.replace("_", "-")
     argv = [*TINY, "--out", world["base"] / "never", f"{flag}={word}"]
-    _refused(world, argv, flag)
+    _refused(world, argv, flag)  # argv sets --out
 
 
 @FUZZ
 @given(case=FILE_CASES)
 def test_bad_config_file_values(world, case):
     name, value = case
-    path = world["base"] / "settings.json"
-    path.write_text(json.dumps({**TINY_SETTINGS, "out": str(world["base"] / "never"), name: value}))
+    path = _settings_file(world, {name: value})
     _refused(world, ["--config", path], f"{path}: {name} = ")
 
 
 @FUZZ
 @given(key=WORDS.filter(lambda k: k.replace("-", "_") not in NAMES), value=JUNK)
 def test_unknown_config_keys(world, key, value):
-    path = world["base"] / "settings.json"
-    path.write_text(json.dumps({**TINY_SETTINGS, key: value}))
+    path = _settings_file(world, {key: value})
     _refused(world, ["--config", path], f"{path}: {key.replace('-', '_')} = ", "not a setting")
 
 
@@ -147,12 +154,11 @@ def test_unknown_config_keys(world, key, value):
 def test_inconsistent_combinations(world, case, as_file):
     name, values = case
     if as_file:
-        path = world["base"] / "settings.json"
-        path.write_text(json.dumps({**TINY_SETTINGS, **values}))
+        path = _settings_file(world, values)
         _refused(world, ["--config", path], f"{path}: {name} = ")
     else:
         flags = [w for k, v in values.items() for w in ("--" + k.replace("_", "-"), str(v))]
-        _refused(world, [*TINY, *flags], "--" + name.replace("_", "-") + " = ")
+        _refused(world, [*TINY, *flags, "--out", world["base"] / "never"], "--" + name.replace("_", "-") + " = ")
 
 
 def _damaged(original: bytes, draw_cut, junk):
@@ -192,7 +198,8 @@ def test_damaged_idx_files(world, which, cut, junk, label, at):
     try:
         code, _, err = call(data.main, ["info", "--dataset", "mnist", "--root", world["data"]])
         assert code == 2 and err.startswith("dgm-data: error: ") and err.count("\n") == 1 and str(path) in err, err
-        _refused(world, [*TINY, "--dataset", "mnist", "--data-root", world["data"]], str(path))
+        _refused(world, [*TINY, "--dataset", "mnist", "--data-root", world["data"], "--out", world["base"] / "never"],
+                 str(path))
     finally:
         path.write_bytes(original)
 

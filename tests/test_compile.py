@@ -5,7 +5,7 @@ second value, marks it dynamic (automatic dynamic shapes): after that no new val
 compilation, or a compiled training step would recompile every step.
 
 Known limit: the fused ops take ``s`` as a ``float`` in their schema, so a compiled DGMw layer
-of the ``triton`` or ``cuda`` backend specialises on every value of ``s`` (a guard per value).
+of the ``triton`` or ``extension`` backend specialises on every value of ``s`` (a guard per value).
 The trainer does not compile; the fix is an ``s`` tensor argument (the test is a strict xfail
 until then, so it flips when fixed).
 """

@@ -3,19 +3,18 @@
 Shapes are small but odd (batch 3, 5 in / 7 out channels, 5x5 and 9x9 images) against 64-tiles;
 weights and logits are strided views of a larger storage, as the growing layers pass them. The
 geometries are the paper's: the generator's conv-transpose k4 s2 p1 (upsampling) and k4 s1 p0,
-the discriminator's conv k5 s2 p2, and a conv k3 s1 p1. Fused tests forbid the reference
-fallback, so they cannot pass by falling back.
+the discriminator's conv k5 s2 p2, and a conv k3 s1 p1. The backend has no reference fallback
+(it never imports :mod:`dgm.ops`; ``tests/test_backend_conformance.py`` checks that).
 """
 
 import pytest
 import torch
+from conformance import TOL, check, random_bits, rel_err
 
 import dgm.kernels as K
-import dgm.kernels.conv as conv_module
-import dgm.kernels.masked_implicit_gemm as implicit_gemm
 from dgm import ops
+from dgm.kernels import conv_kernels
 from dgm.ops import reference
-from test_kernels_common import TOL, check, random_bits, rel_err
 
 B, CIN, COUT = 3, 5, 7
 # (name, transposed, kernel, stride, padding, input size)
@@ -26,17 +25,6 @@ GEOMETRIES = [
     ("conv_k3s1p1", False, 3, 1, 1, 9),
 ]
 IDS = [g[0] for g in GEOMETRIES]
-
-
-class _NoFallback:
-    def __getattr__(self, name):
-        raise AssertionError(f"the fused conv fell back to reference.{name}")
-
-
-@pytest.fixture
-def fused(monkeypatch):
-    """The Triton conv must not run the reference."""
-    monkeypatch.setattr(conv_module, "reference", _NoFallback())
 
 
 def _tensors(seed, geometry, channels_last=False):
@@ -75,7 +63,7 @@ def _frozen_entries(geometry, **kw):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
-def test_soft_mask_with_frozen_bits(geometry, dtype, fused):
+def test_soft_mask_with_frozen_bits(geometry, dtype):
     t = _tensors(1, geometry)
     shape = _weight_shape(geometry)
     t["frozen"] = random_bits(shape[0], shape[1] * shape[2] * shape[3], p=0.3)
@@ -85,7 +73,7 @@ def test_soft_mask_with_frozen_bits(geometry, dtype, fused):
         return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=1.7,
                   frozen_bits=frozen)
 
-    g = check(fn, t, dtype, grads=("x", "w_store", "l_store", "bias"))
+    g = check(K, fn, t, dtype, grads=("x", "w_store", "l_store", "bias"))
     gw = _view(g["w_store"], geometry)
     frozen = _frozen_entries(geometry, frozen_bits=t["frozen"])
     assert (gw[frozen] == 0).all() and (gw[~frozen] != 0).any()
@@ -95,7 +83,7 @@ def test_soft_mask_with_frozen_bits(geometry, dtype, fused):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
-def test_bits_mask_with_frozen_bits(geometry, fused):
+def test_bits_mask_with_frozen_bits(geometry):
     t = _tensors(2, geometry)
     shape = _weight_shape(geometry)
     cols = shape[1] * shape[2] * shape[3]
@@ -106,12 +94,12 @@ def test_bits_mask_with_frozen_bits(geometry, fused):
     def fn(mod, x, w_store, l_store, bias, bits, frozen):
         return op(mod, x, _view(w_store, geometry), bias, bits=bits, frozen_bits=frozen)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "bias"))
 
 
 @pytest.mark.parametrize("with_in", [True, False], ids=["in_reserved", "all_in_reserved"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
-def test_activation_mask_with_frozen_units(geometry, with_in, fused):
+def test_activation_mask_with_frozen_units(geometry, with_in):
     """DGMa: per-unit scale in the epilogue, HAT's reserved out_i & in_j frozen."""
     t = _tensors(3, geometry)
     t["scale"] = torch.rand(COUT)
@@ -123,13 +111,13 @@ def test_activation_mask_with_frozen_units(geometry, with_in, fused):
         return op(mod, x, _view(w_store, geometry), bias, unit_scale=scale,
                   frozen_units=(out_res, in_res if with_in else None))
 
-    g = check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
+    g = check(K, fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
     frozen = _frozen_entries(geometry, frozen_units=(t["out_res"], t["in_res"] if with_in else None))
     assert (_view(g["w_store"], geometry)[frozen] == 0).all()
 
 
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[2]], ids=[IDS[0], IDS[2]])
-def test_replay_per_row_bits_and_per_row_scale(geometry, fused):
+def test_replay_per_row_bits_and_per_row_scale(geometry):
     """Rows of tasks 0, 1 and 3 in random order (task 2 absent), each under its own bits, one launch."""
     t = _tensors(4, geometry)
     t["x"] = torch.randn(7, *t["x"].shape[1:])
@@ -142,29 +130,29 @@ def test_replay_per_row_bits_and_per_row_scale(geometry, fused):
     def fn(mod, x, w_store, l_store, bias, bits, row_task, scale):
         return op(mod, x, _view(w_store, geometry), bias, bits=bits, row_task=row_task, unit_scale=scale)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
 
 
 @pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[2]], ids=[IDS[0], IDS[2]])
-def test_channels_last_input_read_in_place(geometry, fused):
+def test_channels_last_input_read_in_place(geometry):
     t = _tensors(5, geometry, channels_last=True)
     op = _op(geometry)
 
     def fn(mod, x, w_store, l_store, bias):
         return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=2.5)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
     y = fn(K, **t)
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("form", ["soft", "replay"])
-def test_weight_gradient_split_over_programs(form, fused, monkeypatch):
+def test_weight_gradient_split_over_programs(form, monkeypatch):
     """The GPU splits the weight-gradient reduction and adds the epilogue's partial results
     atomically (fp32 buffers); forced here on 3 uneven chunks, across task segments for replay."""
     geometry = GEOMETRIES[0]
     splits = []
-    monkeypatch.setattr(implicit_gemm, "wgrad_splits", lambda *args: splits.append(args) or 3)
+    monkeypatch.setattr(conv_kernels, "wgrad_splits", lambda *args: splits.append(args) or 3)
     t = _tensors(11, geometry)
     t["x"] = torch.randn(7, *t["x"].shape[1:])
     t["bits"] = random_bits(3, CIN, COUT * 16)
@@ -177,7 +165,7 @@ def test_weight_gradient_split_over_programs(form, fused, monkeypatch):
         return op(mod, x, _view(w_store, geometry), bias, bits=bits, row_task=row_task)
 
     dtype = torch.float16 if form == "soft" else torch.float32
-    check(fn, t, dtype, grads=("w_store", "l_store") if form == "soft" else ("w_store",))
+    check(K, fn, t, dtype, grads=("w_store", "l_store") if form == "soft" else ("w_store",))
     assert splits
 
 
@@ -187,7 +175,7 @@ def test_weight_gradient_split_over_programs(form, fused, monkeypatch):
     (False, 2, 2, 2, 0, 11),
     (False, (1, 2), (0, 1), (2, 1), 0, 8),
 ], ids=["convT_s3d2", "convT_s2d2", "conv_s2d2", "conv_mixed"])
-def test_general_stride_padding_dilation(transposed, stride, padding, dilation, output_padding, size, fused):
+def test_general_stride_padding_dilation(transposed, stride, padding, dilation, output_padding, size):
     g = torch.Generator().manual_seed(6)
     rows, cols = (CIN, COUT) if transposed else (COUT, CIN)
     t = {"x": torch.randn(B, CIN, size, size + 1, generator=g),
@@ -199,10 +187,10 @@ def test_general_stride_padding_dilation(transposed, stride, padding, dilation, 
             return mod.conv_transpose2d(x, w, bias, stride, padding, output_padding, 1, dilation, logits=lg, s=1.2)
         return mod.conv2d(x, w, bias, stride, padding, dilation, 1, logits=lg, s=1.2)
 
-    check(fn, t, torch.float32, grads=("x", "w", "lg", "bias"))
+    check(K, fn, t, torch.float32, grads=("x", "w", "lg", "bias"))
 
 
-def test_generator_first_layer_from_1x1(fused):
+def test_generator_first_layer_from_1x1():
     """The generator's first layer: conv-transpose k4 s1 p0 from a 1x1 noise input."""
     geometry = ("convT_1x1", True, 4, 1, 0, 1)
     t = _tensors(7, geometry)
@@ -212,21 +200,10 @@ def test_generator_first_layer_from_1x1(fused):
     def fn(mod, x, w_store, l_store, bias, frozen):
         return op(mod, x, _view(w_store, geometry), bias, logits=_view(l_store, geometry), s=1.5, frozen_bits=frozen)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "l_store", "bias"))
 
 
-def test_grouped_conv_falls_back_to_reference():
-    g = torch.Generator().manual_seed(8)
-    t = {"x": torch.randn(B, 4, 6, 6, generator=g), "w": torch.randn(6, 2, 3, 3, generator=g),
-         "lg": torch.randn(6, 2, 3, 3, generator=g)}
-
-    def fn(mod, x, w, lg):
-        return mod.conv2d(x, w, None, 1, 1, 1, 2, logits=lg, s=2.0)
-
-    check(fn, t, torch.float32, grads=("x", "w", "lg"))
-
-
-def test_dispatch_runs_triton_backend(fused):
+def test_dispatch_runs_triton_backend():
     t = _tensors(9, GEOMETRIES[2])
     w, lg = _view(t["w_store"], GEOMETRIES[2]), _view(t["l_store"], GEOMETRIES[2])
     y = ops.conv2d(t["x"], w, t["bias"], 2, 2, logits=lg, s=3.0, backend="triton")
@@ -234,7 +211,7 @@ def test_dispatch_runs_triton_backend(fused):
     assert rel_err(y, want) < TOL[torch.float32]
 
 
-def test_compiles_without_graph_break(fused):
+def test_compiles_without_graph_break():
     t = _tensors(9, GEOMETRIES[0])
     w = _view(t["w_store"], GEOMETRIES[0]).clone().requires_grad_()
     lg = _view(t["l_store"], GEOMETRIES[0]).clone().requires_grad_()
@@ -288,6 +265,6 @@ def test_gpu_generator_and_discriminator_sizes(dtype):
     def down(mod, x, w, lg, bits, rt, wd):
         return mod.conv2d(x.to(memory_format=torch.channels_last), wd, None, 2, 2)
 
-    check(up_soft, t, dtype, grads=("x", "w", "lg"))
-    check(up_replay, t, dtype, grads=("x", "w"))
-    check(down, t, dtype, grads=("x", "wd"))
+    check(K, up_soft, t, dtype, grads=("x", "w", "lg"))
+    check(K, up_replay, t, dtype, grads=("x", "w"))
+    check(K, down, t, dtype, grads=("x", "wd"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dgm import MaskedConvTranspose2d, MaskedLinear
-from test_kernels_common import TOL, rel_err
+from conformance import TOL, rel_err
 
 
 def _two_tasks(layer):

@@ -10,7 +10,7 @@ import torch
 import dgm.kernels as K
 from dgm import ops
 from dgm.ops import reference
-from test_kernels_common import TOL, check, random_bits, rel_err
+from conformance import TOL, check, random_bits, rel_err
 
 M, KD, N = 67, 131, 75
 DTYPES = [torch.float32, torch.float16]
@@ -34,7 +34,7 @@ def test_soft_mask_with_frozen_bits(dtype):
     def fn(mod, x, w_store, l_store, bias, frozen):
         return mod.linear(x, w_store[:N, :KD], bias, logits=l_store[:N, :KD], s=1.7, frozen_bits=frozen)
 
-    g = check(fn, t, dtype, grads=("x", "w_store", "l_store", "bias"))
+    g = check(K, fn, t, dtype, grads=("x", "w_store", "l_store", "bias"))
     frozen = reference.frozen_weight_mask(torch.empty(N, KD), frozen_bits=t["frozen"])
     gw = g["w_store"][:N, :KD]
     assert (gw[frozen] == 0).all() and (gw[~frozen] != 0).any()
@@ -50,7 +50,7 @@ def test_bits_mask_with_frozen_bits(dtype):
     def fn(mod, x, w_store, l_store, bias, bits, frozen):
         return mod.linear(x, w_store[:N, :KD], bias, bits=bits, frozen_bits=frozen)
 
-    check(fn, t, dtype, grads=("x", "w_store", "bias"))
+    check(K, fn, t, dtype, grads=("x", "w_store", "bias"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -65,7 +65,7 @@ def test_activation_mask_with_frozen_units(dtype, with_in):
         return mod.linear(x, w_store[:N, :KD], bias, unit_scale=scale,
                           frozen_units=(out_res, in_res if with_in else None))
 
-    g = check(fn, t, dtype, grads=("x", "w_store", "bias", "scale"))
+    g = check(K, fn, t, dtype, grads=("x", "w_store", "bias", "scale"))
     frozen = reference.frozen_weight_mask(torch.empty(N, KD),
                                           frozen_units=(t["out_res"], t["in_res"] if with_in else None))
     assert (g["w_store"][:N, :KD][frozen] == 0).all()
@@ -79,7 +79,7 @@ def test_per_row_unit_scale(dtype):
     def fn(mod, x, w_store, l_store, bias, scale):
         return mod.linear(x, w_store[:N, :KD], bias, unit_scale=scale)
 
-    check(fn, t, dtype, grads=("x", "w_store", "bias", "scale"))
+    check(K, fn, t, dtype, grads=("x", "w_store", "bias", "scale"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,7 +93,7 @@ def test_replay_per_row_bits(dtype):
     def fn(mod, x, w_store, l_store, bias, bits, row_task, frozen):
         return mod.linear(x, w_store[:N, :KD], None, bits=bits, row_task=row_task, frozen_bits=frozen)
 
-    check(fn, t, dtype, grads=("x", "w_store"))
+    check(K, fn, t, dtype, grads=("x", "w_store"))
 
 
 def test_replay_with_per_row_unit_scale():
@@ -105,7 +105,7 @@ def test_replay_with_per_row_unit_scale():
     def fn(mod, x, w_store, l_store, bias, bits, row_task, scale):
         return mod.linear(x, w_store[:N, :KD], bias, bits=bits, row_task=row_task, unit_scale=scale)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "bias", "scale"))
 
 
 def test_unmasked_higher_dimensional_input():
@@ -115,7 +115,7 @@ def test_unmasked_higher_dimensional_input():
     def fn(mod, x, w_store, l_store, bias):
         return mod.linear(x, w_store[:N, :KD], bias)
 
-    check(fn, t, torch.float32, grads=("x", "w_store", "bias"))
+    check(K, fn, t, torch.float32, grads=("x", "w_store", "bias"))
 
 
 def test_dispatch_runs_triton_backend():
@@ -124,7 +124,7 @@ def test_dispatch_runs_triton_backend():
     want = reference.linear(t["x"].double(), t["w_store"][:N, :KD].double(), t["bias"].double(),
                             logits=t["l_store"][:N, :KD].double(), s=3.0)
     assert rel_err(y, want) < TOL[torch.float32]
-    assert K.runs_on(torch.device("cpu")) and K.runs_on("cuda:0")
+    assert K.unavailable_reason(torch.device("cpu")) is None and K.unavailable_reason("cuda:0") is None
 
 
 def test_compiles_without_graph_break():
@@ -174,8 +174,8 @@ def test_gpu_large_soft_and_replay(dtype):
     def replay(mod, x, w, lg, bits, rt):
         return mod.linear(x, w, None, bits=bits, row_task=rt)
 
-    check(soft, t, dtype, grads=("x", "w", "lg"))
-    check(replay, t, dtype, grads=("x", "w"))
+    check(K, soft, t, dtype, grads=("x", "w", "lg"))
+    check(K, replay, t, dtype, grads=("x", "w"))
 
 
 @pytest.mark.gpu
@@ -190,8 +190,8 @@ def test_gpu_tf32_follows_torch_flag():
     old = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
-        check(fn, t, torch.float32, grads=("x", "w", "lg"), tol=5e-3)
+        check(K, fn, t, torch.float32, grads=("x", "w", "lg"), tol=5e-3)
         torch.backends.cuda.matmul.allow_tf32 = False
-        check(fn, t, torch.float32, grads=("x", "w", "lg"))
+        check(K, fn, t, torch.float32, grads=("x", "w", "lg"))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old

@@ -126,6 +126,23 @@ def test_discriminator_heads_and_gradient_penalty(build):
     torch.testing.assert_close(gp, (v.norm() - 1) ** 2)
 
 
+@pytest.mark.parametrize("build", [lambda n: dcgan_discriminator(n, 1, 8), lambda n: mlp_discriminator(n, 1, 16)])
+def test_discriminator_scores_each_sample_on_its_own(build):
+    """The cause of the DCGAN collapse: a training-mode batch norm made a sample's class logits
+    depend on the rest of its batch (one task's classes only), unlike at evaluation. Scores in a
+    batch must equal the scores of each sample alone, in training and evaluation mode."""
+    torch.manual_seed(0)
+    d = build(3)
+    x = torch.randn(6, 1, 32, 32)
+    x[:3] += 2.0  # two batches of different statistics, like a task's real images and the replay
+    for mode in (d.train, d.eval):
+        mode()
+        critic, logits = d(x)
+        alone = [d(x[i:i + 1]) for i in range(6)]
+        torch.testing.assert_close(critic, torch.cat([c for c, _ in alone]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits, torch.cat([c for _, c in alone]), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["dcgan", "mlp"])
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_host_known_classes_give_the_same_images_and_gradients(kind, mask):

@@ -20,11 +20,6 @@ __global__ void unpack_kernel(const uint8_t* bits, bool* mask, int64_t rows, int
   }
 }
 
-__global__ void union_kernel(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = a[i] | b[i];
-}
-
 __global__ void popcount_kernel(const uint8_t* bits, int64_t n, unsigned long long* count) {
   unsigned long long local = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -45,12 +40,6 @@ cudaError_t pack_bits(const bool* mask, uint8_t* bits, int64_t rows, int64_t col
 cudaError_t unpack_bits(const uint8_t* bits, bool* mask, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows * cols == 0) return cudaSuccess;
   unpack_kernel<<<grid_for(rows * cols), kThreads, 0, stream>>>(bits, mask, rows, cols, (cols + 7) / 8);
-  return cudaGetLastError();
-}
-
-cudaError_t union_bits(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  union_kernel<<<grid_for(n), kThreads, 0, stream>>>(a, b, out, n);
   return cudaGetLastError();
 }
 

@@ -42,16 +42,6 @@ at::Tensor unpack_bits_cuda(const at::Tensor& bits_in, at::IntArrayRef shape) {
   return mask;
 }
 
-at::Tensor union_bits_cuda(const at::Tensor& a_in, const at::Tensor& b_in) {
-  check_union(a_in, b_in);
-  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
-  c10::cuda::CUDAGuard guard(a.device());
-  at::Tensor out = at::empty(a.sizes(), a.options());
-  C10_CUDA_CHECK(union_bits(a.data_ptr<uint8_t>(), b.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), a.numel(),
-                            stream()));
-  return out;
-}
-
 at::Tensor popcount_cuda(const at::Tensor& bits_in) {
   const at::Tensor bits = checked_popcount(bits_in);
   c10::cuda::CUDAGuard guard(bits.device());
@@ -106,7 +96,6 @@ void frozen_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
 TORCH_LIBRARY_IMPL(dgm, CUDA, m) {
   m.impl("pack_bits", dgm::cuda::pack_bits_cuda);
   m.impl("unpack_bits", dgm::cuda::unpack_bits_cuda);
-  m.impl("union_bits", dgm::cuda::union_bits_cuda);
   m.impl("popcount", dgm::cuda::popcount_cuda);
   m.impl("masked_weight", &dgm::masked_weight_op<dgm::cuda::masked_weight_cuda>);
   m.impl("masked_weight_backward", &dgm::masked_weight_backward_op<dgm::cuda::masked_weight_backward_cuda>);

@@ -16,7 +16,6 @@ enum class Dtype : int { Float32, Float64, Float16, BFloat16 };
 
 cudaError_t pack_bits(const bool* mask, uint8_t* bits, int64_t rows, int64_t cols, cudaStream_t stream);
 cudaError_t unpack_bits(const uint8_t* bits, bool* mask, int64_t rows, int64_t cols, cudaStream_t stream);
-cudaError_t union_bits(const uint8_t* a, const uint8_t* b, uint8_t* out, int64_t n, cudaStream_t stream);
 // Adds the number of set bits of bits[0:n] to *count (zeroed by the caller).
 cudaError_t popcount(const uint8_t* bits, int64_t n, unsigned long long* count, cudaStream_t stream);
 

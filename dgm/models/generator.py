@@ -226,13 +226,14 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A generator that learned tasks has more norms and heads than a new one: build them first.
-        tasks = {int(k[len(prefix) + 6:].split(".")[0]) for k in state_dict if k.startswith(prefix + "norms.")}
+        tasks = {int(k.removeprefix(prefix + "norms.").split(".")[0]) for k in state_dict
+                 if k.startswith(prefix + "norms.")}
         for task in range(len(self.norms), max(tasks, default=-1) + 1):
             widths = [state_dict[f"{prefix}norms.{task}.{level}.weight"].shape[0] for level in range(len(self.body))]
             self.norms.append(self._like_body(nn.ModuleList(self._norm(w) for w in widths)))
         for key, value in state_dict.items():
             if key.startswith(prefix + "heads.") and key.endswith(".weight"):
-                c = key[len(prefix) + 6:].split(".")[0]
+                c = key.removeprefix(prefix + "heads.").split(".")[0]
                 if c not in self.heads:
                     self.heads[c] = self._like_body(self._make_head(self._head_units_from(value)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

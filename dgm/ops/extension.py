@@ -1,4 +1,5 @@
-"""The ``cuda`` backend of :mod:`dgm.ops`: masked ops through the C++/CUDA extension ``dgm._C``.
+"""The ``extension`` backend of :mod:`dgm.ops`: masked ops through the C++/CUDA extension ``dgm._C``
+(its CUDA build on CUDA tensors, its CPU build on CPU tensors).
 
 A masked layer's product runs as ATen's own (cuDNN convolution, GEMM) between two fused passes
 over the weight, each one kernel (``torch.ops.dgm.*``, CPU and CUDA):
@@ -9,9 +10,11 @@ over the weight, each one kernel (``torch.ops.dgm.*``, CPU and CUDA):
   and ``grad_logits = G * W * s * m * (1 - m)`` from one read of ``G``.
 
 Unfused, the same step takes a sigmoid, a multiply, the product, then a chain of multiplies and a
-``where`` for the two gradients. The meaning of every argument is :mod:`dgm.ops.reference`'s.
-The module also exposes the packed-bit ops (same layout and results as :mod:`dgm.bits`). Without
-the built extension it still imports; :func:`runs_on` is then ``False`` and :data:`LOAD_ERROR` says why.
+``where`` for the two gradients. The bias's mask and freeze (a vector) are the reference's torch
+ops (:func:`dgm.ops.reference.effective_bias`), replay is the reference's loop over tasks
+(:func:`dgm.ops.reference.by_task`), each task one fused product. The meaning of every argument is
+:mod:`dgm.ops.reference`'s. The module also exposes the packed-bit ops (same layout and results as
+:mod:`dgm.bits`). Importing it imports ``dgm._C``; the dispatcher reports when that fails.
 """
 
 from __future__ import annotations
@@ -21,24 +24,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .reference import _scale_units
+from .. import _C
+from .reference import NO_MASKS, by_task, effective_bias, scale_units
 
-try:
-    from .. import _C
-except ImportError as exc:  # not built (or built against another torch): the backend is off
-    _C = None
-    LOAD_ERROR: str | None = f"dgm._C could not be imported ({exc}); build it with `pip install -e .`"
-else:
-    LOAD_ERROR = None
-
-WITH_CUDA = bool(_C is not None and _C.WITH_CUDA)
+WITH_CUDA = bool(_C.WITH_CUDA)
 
 
 def unavailable_reason(device: torch.device | str) -> str | None:
     """Why the extension cannot run on ``device``, or ``None`` if it can."""
     device = torch.device(device)
-    if LOAD_ERROR is not None:
-        return LOAD_ERROR
     if device.type == "cpu":
         return None
     if device.type == "cuda":
@@ -46,36 +40,20 @@ def unavailable_reason(device: torch.device | str) -> str | None:
     return f"dgm._C has no kernels for device type {device.type!r}"
 
 
-def runs_on(device: torch.device | str) -> bool:
-    """The extension is loaded and has kernels for ``device``."""
-    return unavailable_reason(device) is None
-
-
-def _ops():
-    if LOAD_ERROR is not None:
-        raise RuntimeError(LOAD_ERROR)
-    return torch.ops.dgm
-
-
 # -- packed bits (dgm.bits layout) -----------------------------------------------------------------
 def pack(mask: torch.Tensor) -> torch.Tensor:
     """:func:`dgm.bits.pack` in one kernel."""
-    return _ops().pack_bits(mask)
+    return torch.ops.dgm.pack_bits(mask)
 
 
 def unpack(bits: torch.Tensor, shape) -> torch.Tensor:
     """:func:`dgm.bits.unpack` in one kernel."""
-    return _ops().unpack_bits(bits, [int(d) for d in shape])
-
-
-def union(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Packed bits of ``unpack(a) | unpack(b)``."""
-    return _ops().union_bits(a, b)
+    return torch.ops.dgm.unpack_bits(bits, [int(d) for d in shape])
 
 
 def popcount(bits: torch.Tensor) -> int:
     """:func:`dgm.bits.popcount` in one kernel."""
-    return int(_ops().popcount(bits))
+    return int(torch.ops.dgm.popcount(bits))
 
 
 # -- masked products -------------------------------------------------------------------------------
@@ -115,7 +93,7 @@ def _pair(v, name: str) -> list[int]:
         return [v, v]
     if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
         return list(v)
-    raise ValueError(f"{name} must be an int or a pair of ints for the cuda backend, got {v!r}")
+    raise ValueError(f"{name} must be an int or a pair of ints for the extension backend, got {v!r}")
 
 
 class _MaskedProduct(torch.autograd.Function):
@@ -124,7 +102,7 @@ class _MaskedProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, logits, s, bits, frozen_bits, frozen_out, frozen_in, out_dim, product):
         masked = logits is not None or bits is not None
-        w_eff = _ops().masked_weight(weight, logits, s, bits) if masked else weight
+        w_eff = torch.ops.dgm.masked_weight(weight, logits, s, bits) if masked else weight
         ctx.save_for_backward(x, weight, w_eff, logits, bits, frozen_bits, frozen_out, frozen_in)
         ctx.s, ctx.out_dim, ctx.product, ctx.masked = s, out_dim, product, masked
         return product.forward(x, w_eff, bias)
@@ -137,7 +115,7 @@ class _MaskedProduct(torch.autograd.Function):
         gw = gl = None
         if need_w or need_l:
             if ctx.masked or frozen_bits is not None or frozen_out is not None:
-                gw, gl = _ops().masked_weight_backward(g, weight, logits, ctx.s, bits, frozen_bits, frozen_out,
+                gw, gl = torch.ops.dgm.masked_weight_backward(g, weight, logits, ctx.s, bits, frozen_bits, frozen_out,
                                                        frozen_in, ctx.out_dim, need_w, need_l)
                 gw, gl = (gw if need_w else None), (gl if need_l else None)
             else:
@@ -145,88 +123,73 @@ class _MaskedProduct(torch.autograd.Function):
         return gx, gw, gb, gl, None, None, None, None, None, None, None
 
 
-def _apply(product, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale, out_dim,
-           unit_dim=1):
+def _masked_products(product, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
+                     bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1):
+    """The reference formula with each task's product fused (:class:`_MaskedProduct`)."""
     frozen_out, frozen_in = frozen_units if frozen_units is not None else (None, None)
 
-    def run(inp, task_bits):
-        return _MaskedProduct.apply(inp, weight, bias, logits, float(s), task_bits, frozen_bits, frozen_out,
+    def one_task(inp, task_bits, task_bias_bits):
+        b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=task_bias_bits,
+                           frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
+        return _MaskedProduct.apply(inp, weight, b, logits, float(s), task_bits, frozen_bits, frozen_out,
                                     frozen_in, out_dim, product)
 
-    if row_task is None:
-        return _scale_units(run(x, bits), unit_scale, unit_dim)
-    # Replay: rows grouped by task, each group through its own task's bits.
-    y = None
-    for task in torch.unique(row_task).tolist():
-        rows = (row_task == task).nonzero(as_tuple=True)[0]
-        part = run(x.index_select(0, rows), bits[task])
-        if y is None:
-            y = part.new_zeros((x.shape[0],) + part.shape[1:])
-        y = y.index_copy(0, rows, part)
-    return _scale_units(y, unit_scale, unit_dim)
+    return scale_units(by_task(one_task, x, row_task, bits, bias_bits), unit_scale, unit_dim)
 
 
-def _conv_apply(product, x, weight, bias, out_dim, **masks):
+def _conv(product, x, weight, bias, out_dim, masks):
     """Conv ops accept an unbatched ``[C, H, W]`` input like ``F.conv2d``."""
+    masks = {**NO_MASKS, **masks}
     if x.dim() == 3 and masks["row_task"] is None:
-        return _apply(product, x.unsqueeze(0), weight, bias, out_dim=out_dim, **masks).squeeze(0)
-    return _apply(product, x, weight, bias, out_dim=out_dim, **masks)
+        return _masked_products(product, x.unsqueeze(0), weight, bias, out_dim=out_dim, **masks).squeeze(0)
+    return _masked_products(product, x, weight, bias, out_dim=out_dim, **masks)
 
 
-def linear(x, weight, bias=None, *, logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None,
-           frozen_units=None, unit_scale=None):
-    """Masked ``F.linear`` (see :func:`dgm.ops.reference.linear`)."""
-    return _apply(_Linear, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
-                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=0,
-                  unit_dim=-1)
+def linear(x, weight, bias=None, **masks):
+    """Masked ``F.linear``; the mask keywords are :func:`dgm.ops.reference.linear`'s."""
+    return _masked_products(_Linear, x, weight, bias, out_dim=0, unit_dim=-1, **{**NO_MASKS, **masks})
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, logits=None, s=1.0,
-           bits=None, row_task=None, frozen_bits=None, frozen_units=None, unit_scale=None):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, **masks):
     """Masked ``F.conv2d`` (see :func:`dgm.ops.reference.conv2d`); padding as ints, not strings."""
-    product = _Conv(stride, padding, dilation, False, 0, groups)
-    return _conv_apply(product, x, weight, bias, 0, logits=logits, s=s, bits=bits, row_task=row_task,
-                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale)
+    return _conv(_Conv(stride, padding, dilation, False, 0, groups), x, weight, bias, 0, masks)
 
 
-def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
-                     logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None, frozen_units=None,
-                     unit_scale=None):
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, **masks):
     """Masked ``F.conv_transpose2d`` (see :func:`dgm.ops.reference.conv_transpose2d`)."""
-    product = _Conv(stride, padding, dilation, True, output_padding, groups)
-    return _conv_apply(product, x, weight, bias, 1, logits=logits, s=s, bits=bits, row_task=row_task,
-                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale)
+    return _conv(_Conv(stride, padding, dilation, True, output_padding, groups), x, weight, bias, 1, masks)
 
 
 # -- shapes for torch.compile (fake tensors) -------------------------------------------------------
-if _C is not None:
-    @torch.library.register_fake("dgm::pack_bits")
-    def _pack_fake(mask):
-        cols = math.prod(mask.shape[1:])
-        return mask.new_empty((mask.shape[0], (cols + 7) // 8), dtype=torch.uint8)
 
-    @torch.library.register_fake("dgm::unpack_bits")
-    def _unpack_fake(bits, shape):
-        return bits.new_empty(shape, dtype=torch.bool)
+@torch.library.register_fake("dgm::pack_bits")
+def _pack_fake(mask):
+    cols = math.prod(mask.shape[1:])
+    return mask.new_empty((mask.shape[0], (cols + 7) // 8), dtype=torch.uint8)
 
-    @torch.library.register_fake("dgm::union_bits")
-    def _union_fake(a, b):
-        return torch.empty_like(a)
 
-    @torch.library.register_fake("dgm::popcount")
-    def _popcount_fake(bits):
-        return bits.new_empty((), dtype=torch.long)
+@torch.library.register_fake("dgm::unpack_bits")
+def _unpack_fake(bits, shape):
+    return bits.new_empty(shape, dtype=torch.bool)
 
-    @torch.library.register_fake("dgm::masked_weight")
-    def _masked_weight_fake(weight, logits, s, bits):
-        return weight.new_empty(weight.shape)
 
-    @torch.library.register_fake("dgm::masked_weight_backward")
-    def _masked_weight_backward_fake(grad, weight, logits, s, bits, frozen_bits, frozen_out, frozen_in, out_dim,
-                                     weight_grad, logits_grad):
-        return (weight.new_empty(weight.shape if weight_grad else (0,)),
-                weight.new_empty(weight.shape if logits_grad else (0,)))
+@torch.library.register_fake("dgm::popcount")
+def _popcount_fake(bits):
+    return bits.new_empty((), dtype=torch.long)
 
-    @torch.library.register_fake("dgm::frozen_adam_")
-    def _frozen_adam_fake(*args):
-        return None
+
+@torch.library.register_fake("dgm::masked_weight")
+def _masked_weight_fake(weight, logits, s, bits):
+    return weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("dgm::masked_weight_backward")
+def _masked_weight_backward_fake(grad, weight, logits, s, bits, frozen_bits, frozen_out, frozen_in, out_dim,
+                                 weight_grad, logits_grad):
+    return (weight.new_empty(weight.shape if weight_grad else (0,)),
+            weight.new_empty(weight.shape if logits_grad else (0,)))
+
+
+@torch.library.register_fake("dgm::frozen_adam_")
+def _frozen_adam_fake(*args):
+    return None

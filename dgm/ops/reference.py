@@ -1,17 +1,30 @@
 """Pure-PyTorch reference of every masked op: the definition the fused backends are tested against.
 
-Each op computes ``y = op(x, W_eff) + bias`` and then scales the output units by ``unit_scale``:
+Each op computes ``y = op(x, W_eff) + b_eff`` and then scales the output units by ``unit_scale``::
+
+    linear(x, weight, bias=None, *, logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None,
+           frozen_units=None, unit_scale=None, bias_logits=None, bias_bits=None, frozen_bias_bits=None)
+    conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, <the same keywords>)
+    conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     *, <the same keywords>)
 
 * ``W_eff = freeze(W) * m`` where the weight mask ``m`` is ``sigmoid(s * logits)`` (DGMw while a
   task trains), ``unpack(bits)`` (DGMw for a consolidated task; with ``row_task`` each batch row
-  uses its own task's bits), or ``1`` (no weight mask, DGMa).
+  uses its own task's bits, ``bits`` stacked ``[tasks, ...]``), or ``1`` (no weight mask, DGMa).
 * ``freeze(W)`` detaches the reserved entries so their gradient is exactly zero: the packed
   ``frozen_bits`` for DGMw, or for DGMa (HAT) the entries ``(i, j)`` whose output unit ``i`` and
   input unit ``j`` are both reserved, ``1 - min(a_i, a_j)`` with binary ``a``; ``frozen_units`` is
   ``(reserved_out, reserved_in)`` and ``reserved_in=None`` counts every input as reserved.
+* ``b_eff = freeze(bias) * m_b``, the same rule on the bias: ``m_b`` is ``sigmoid(s *
+  bias_logits)``, ``unpack(bias_bits)`` (with ``row_task``, stacked ``[tasks, out, 1]``, each row
+  its task's), or ``1``; ``freeze`` detaches the bias entries of the packed ``frozen_bias_bits``
+  (DGMw) or of the reserved output units ``frozen_units[0]`` (DGMa). ``None`` for any of them is
+  no mask, no freeze.
 * ``unit_scale`` is the DGMa activation mask, shape ``[out]`` or per row ``[batch, out]`` (units are
   the last dimension of a linear output, dimension 1 of a conv output).
 
+Packed bits are :mod:`dgm.bits` of a bool mask of the masked tensor's shape: ``[out, ceil(rest /
+8)]`` for a weight of ``out`` rows, ``[out, 1]`` (one byte per unit) for a bias of ``[out]``.
 Weights are passed as they are stored (``W`` of ``nn.Linear`` / ``nn.Conv2d`` / ``nn.ConvTranspose2d``
 layout), possibly as strided views of a larger storage (see :mod:`dgm.expansion`).
 """
@@ -22,6 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import bits as _bits
+
+# The mask keywords of every op, at their defaults (no mask, no freeze, no scale).
+NO_MASKS = {"logits": None, "s": 1.0, "bits": None, "row_task": None, "frozen_bits": None, "frozen_units": None,
+            "unit_scale": None, "bias_logits": None, "bias_bits": None, "frozen_bias_bits": None}
 
 
 def soft_mask(logits: torch.Tensor, s: float) -> torch.Tensor:
@@ -53,16 +70,34 @@ def frozen_weight_mask(weight: torch.Tensor, frozen_bits=None, frozen_units=None
 def effective_weight(weight, *, logits=None, s=1.0, bits=None, frozen_bits=None, frozen_units=None,
                      out_dim=0):
     """``freeze(W) * m`` for one task (``bits`` of one task, not per row)."""
-    frozen = frozen_weight_mask(weight, frozen_bits, frozen_units, out_dim)
-    w = weight if frozen is None else torch.where(frozen, weight.detach(), weight)
+    return _freeze_and_mask(weight, frozen_weight_mask(weight, frozen_bits, frozen_units, out_dim), logits, s, bits)
+
+
+def effective_bias(bias, *, bias_logits=None, s=1.0, bias_bits=None, frozen_bias_bits=None, frozen_units=None):
+    """``freeze(b) * m_b`` for one task (``bias_bits`` of one task, not per row); ``None`` without a bias."""
+    if bias is None:
+        if bias_logits is not None or bias_bits is not None or frozen_bias_bits is not None:
+            raise ValueError("bias_logits, bias_bits and frozen_bias_bits need a bias")
+        return None
+    frozen = None
+    if frozen_units is not None:  # a grouped conv-transpose's weight holds one group's output units
+        frozen = frozen_units[0].repeat(bias.shape[0] // frozen_units[0].shape[0])
+    if frozen_bias_bits is not None:
+        frozen = _bits.unpack(frozen_bias_bits, bias.shape)
+    return _freeze_and_mask(bias, frozen, bias_logits, s, bias_bits)
+
+
+def _freeze_and_mask(t, frozen, logits, s, bits):
+    """``freeze(t) * m``: the ``frozen`` entries detached, ``m`` the soft mask, the unpacked bits or 1."""
+    t = t if frozen is None else torch.where(frozen, t.detach(), t)
     if logits is not None:
-        w = w * soft_mask(logits, s)
-    elif bits is not None:
-        w = w * _bits.unpack(bits, weight.shape).to(weight.dtype)
-    return w
+        return t * soft_mask(logits, s)
+    if bits is not None:
+        return t * _bits.unpack(bits, t.shape).to(t.dtype)
+    return t
 
 
-def _scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
+def scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
     """``y`` times the unit mask: units on ``unit_dim`` (last for linear, 1 for conv); a per-row
     mask ``[batch, out]`` pairs with ``y``'s first dimension."""
     if unit_scale is None:
@@ -74,51 +109,65 @@ def _scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
     return y * unit_scale.reshape(shape)
 
 
-def _apply(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale, out_dim,
-           unit_dim=1):
-    if row_task is None or row_task.numel() == 0:
-        if row_task is not None:  # an empty batch: any task's mask gives the same empty output
-            bits = bits[0]
-        w = effective_weight(weight, logits=logits, s=s, bits=bits, frozen_bits=frozen_bits,
-                             frozen_units=frozen_units, out_dim=out_dim)
-        return _scale_units(op(x, w, bias), unit_scale, unit_dim)
-    # Replay: rows grouped by task, each group with its own task's bits.
+def by_task(run, x, row_task, bits, bias_bits):
+    """``run(x, bits, bias_bits)`` for one task's masks; with ``row_task`` (replay), once per task
+    present, on its rows with its own bits, the outputs put back in row order. Every backend that
+    replays by looping over tasks shares this loop."""
+    if row_task is None:
+        return run(x, bits, bias_bits)
+    if row_task.numel() == 0:  # an empty batch: any task's masks give the same empty output
+        return run(x, bits[0], None if bias_bits is None else bias_bits[0])
     y = None
     for task in torch.unique(row_task).tolist():
         rows = (row_task == task).nonzero(as_tuple=True)[0]
-        w = effective_weight(weight, bits=bits[task], frozen_bits=frozen_bits, frozen_units=frozen_units,
-                             out_dim=out_dim)
-        part = op(x.index_select(0, rows), w, bias)
+        part = run(x.index_select(0, rows), bits[task], None if bias_bits is None else bias_bits[task])
         if y is None:
             y = part.new_zeros((x.shape[0],) + part.shape[1:])
         y = y.index_copy(0, rows, part)
-    return _scale_units(y, unit_scale, unit_dim)
+    return y
+
+
+def _masked_op(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
+               bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1):
+    """The reference formula of the module docstring around the plain ``op(x, w, b)``."""
+    def one_task(inp, task_bits, task_bias_bits):
+        w = effective_weight(weight, logits=logits, s=s, bits=task_bits, frozen_bits=frozen_bits,
+                             frozen_units=frozen_units, out_dim=out_dim)
+        b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=task_bias_bits,
+                           frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
+        return op(inp, w, b)
+
+    return scale_units(by_task(one_task, x, row_task, bits, bias_bits), unit_scale, unit_dim)
 
 
 def linear(x, weight, bias=None, *, logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None,
-           frozen_units=None, unit_scale=None):
+           frozen_units=None, unit_scale=None, bias_logits=None, bias_bits=None, frozen_bias_bits=None):
     """Masked ``F.linear``; see the module docstring for the mask arguments."""
-    return _apply(F.linear, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
-                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=0,
-                  unit_dim=-1)
+    return _masked_op(F.linear, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
+                      frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale,
+                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=0,
+                      unit_dim=-1)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, logits=None, s=1.0,
-           bits=None, row_task=None, frozen_bits=None, frozen_units=None, unit_scale=None):
+           bits=None, row_task=None, frozen_bits=None, frozen_units=None, unit_scale=None, bias_logits=None,
+           bias_bits=None, frozen_bias_bits=None):
     """Masked ``F.conv2d``; see the module docstring for the mask arguments."""
     def op(inp, w, b):
         return F.conv2d(inp, w, b, stride, padding, dilation, groups)
 
-    return _apply(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
-                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=0)
+    return _masked_op(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
+                      frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale,
+                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=0)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
                      logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None, frozen_units=None,
-                     unit_scale=None):
+                     unit_scale=None, bias_logits=None, bias_bits=None, frozen_bias_bits=None):
     """Masked ``F.conv_transpose2d``; see the module docstring for the mask arguments."""
     def op(inp, w, b):
         return F.conv_transpose2d(inp, w, b, stride, padding, output_padding, groups, dilation)
 
-    return _apply(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
-                  frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale, out_dim=1)
+    return _masked_op(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
+                      frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale,
+                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=1)

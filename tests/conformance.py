@@ -1,22 +1,38 @@
-"""Shared checks of the Triton backend against the reference (no tests of its own).
+"""The one way backend tests compare a backend with the reference (helpers, no tests).
 
-:func:`check` runs one masked op on the Triton backend in the given dtype and on the reference
-in float64 from the same (rounded) inputs, and compares the output and every gradient by
-relative error (Frobenius norm, in float64).
+:func:`rel_err` is the error metric: ``||got - want|| / max(||want||, tiny)`` (Frobenius norms,
+in float64). :func:`check` runs a masked op on a backend in a dtype and on the reference in float64
+from the same (rounded) inputs, and compares the output and every gradient with it, within
+:data:`TOL` of the dtype.
 """
+
+import functools
 
 import torch
 
+from dgm import bits, ops
 from dgm.ops import reference
 
-# Relative error allowed per input dtype: fp32 dots are exact under the interpreter and ieee on a
-# GPU (only the summation order differs); fp16/bf16 round the inputs of the dot and the output.
-TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+# Relative error allowed per dtype the backend computes in: float64 is exact up to summation
+# order; fp32 dots are exact under the interpreter and ieee on a GPU (summation order again);
+# fp16/bf16 round the inputs of the product and its output.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+TINY = 1e-30
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.detach().double(), want.detach().double()
-    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+    return ((got - want).norm() / want.norm().clamp_min(TINY)).item()
+
+
+class On:
+    """The ops of :mod:`dgm.ops` on one backend, as a module: ``On("triton").linear(...)``."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __getattr__(self, op: str):
+        return functools.partial(getattr(ops, op), backend=self.backend)
 
 
 def leaves(tensors: dict, dtype, grads=()) -> dict:
@@ -28,14 +44,14 @@ def leaves(tensors: dict, dtype, grads=()) -> dict:
     return out
 
 
-def check(fn, tensors: dict, dtype: torch.dtype, grads=(), tol: float | None = None):
-    """``fn(module, **tensors)`` on the Triton backend vs the reference; returns the Triton grads."""
-    import dgm.kernels as kernels
+def check(impl, fn, tensors: dict, dtype: torch.dtype, grads=(), tol: float | None = None) -> dict:
+    """``fn(impl, **tensors)`` in ``dtype`` vs ``fn(reference, ...)`` in float64; returns ``impl``'s
+    gradients of the names in ``grads``."""
     tol = TOL[dtype] if tol is None else tol
     fast = leaves(tensors, dtype, grads)
-    # The reference runs in float64 on exactly the values the kernel saw.
+    # The reference runs in float64 on exactly the values the backend saw.
     ref = leaves({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, torch.float64, grads)
-    y = fn(kernels, **fast)
+    y = fn(impl, **fast)
     y_ref = fn(reference, **ref)
     assert y.dtype == dtype and y.shape == y_ref.shape
     err = rel_err(y, y_ref)
@@ -56,12 +72,10 @@ def check(fn, tensors: dict, dtype: torch.dtype, grads=(), tol: float | None = N
     return dict(zip(grads, got))
 
 
-def random_bits(*shape_rows_cols, p: float = 0.5) -> torch.Tensor:
+def random_bits(*shape_rows_cols, p: float = 0.5, generator=None) -> torch.Tensor:
     """Packed bits of a random bool mask of logical shape ``(rows, *rest)`` (or stacked tasks)."""
-    from dgm import bits
-
     *lead, rows, cols = shape_rows_cols
-    masks = torch.rand(*lead, rows, cols) < p
+    masks = torch.rand(*lead, rows, cols, generator=generator) < p
     if lead:
         return torch.stack([bits.pack(m) for m in masks.reshape(-1, rows, cols)]).reshape(*lead, rows, -1)
     return bits.pack(masks)

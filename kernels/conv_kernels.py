@@ -1,13 +1,13 @@
 """Masked conv2d and conv-transpose2d as implicit GEMMs in Triton, the mask formed in registers.
 
-Three kernels, sharing the mask helpers of :mod:`.masked_matmul`:
+Two kernels, sharing the mask and epilogue helpers of :mod:`.jit_helpers` with the linear's:
 
 * :func:`conv_mm` -- a *direct* conv (``y = conv2d(x, W_eff)``; the forward of a conv and the
   input gradient of a conv-transpose) or a *transposed* conv (``conv_transpose2d``; the forward
   of a conv-transpose and the input gradient of a conv). ``M`` runs over output pixels
   ``(batch, oh, ow)``, ``N`` over output channels, ``K`` over ``(channel, kh, kw)``; the A tile is
   gathered from the input through its strides (no im2col buffer), the weight tile is read and
-  masked like the linear's. The epilogue adds the bias and scales each unit (DGMa).
+  masked like the linear's. The epilogue adds the masked bias and scales each unit (DGMa).
 * :func:`conv_wgrad` -- the weight gradient ``G[r, (a, kh, kw)] = sum P[b, r, h, w] *
   Q[b, a, h * stride - pad + kh * dil, ...]`` (``P, Q = dY, X`` for a conv, ``X, dY`` for a
   conv-transpose) with the epilogue of the linear weight gradient (``grad_W`` masked and frozen,
@@ -23,7 +23,7 @@ products would be zeros. A direct conv is the single phase ``r = 0`` with every 
 Weights, logits and activations are read through their 4-D strides: strided views of a larger
 storage and channels_last tensors are used as they are (no copy). Packed bits address the 2-D
 weight matrix ``(shape[0], rest)`` of :mod:`dgm.bits`; with ``perm``/``sorted_task`` (replay)
-each batch row uses its task's bits, as in :mod:`.masked_matmul`.
+each batch row uses its task's bits, as in :mod:`.linear_kernels`.
 """
 
 from __future__ import annotations
@@ -35,29 +35,23 @@ import torch
 import triton
 import triton.language as tl
 
-from dgm.ops import interpreting
-
-from .masked_matmul import (
-    _bit_strides,
-    _configs,
-    as_u8,
+from . import launch
+from .jit_helpers import (
+    MASK_BITS,
     freeze_store,
-    frozen_kind,
     grad_mask_epilogue,
-    input_precision,
     load_masked_weight,
-    mask_kind,
     replay_tasks,
-    scale_strides,
     tile_offsets,
     unit_epilogue,
+    weight_tile,
 )
 
 
 def _conv_configs(m: str, n: str, k: str, group: str):
     """The GEMM tiles plus narrow ones for the generator's few channels (an N or R of 6 to 48)."""
-    configs = _configs(m, n, k, group)
-    if interpreting():
+    configs = launch.gemm_configs(m, n, k, group)
+    if launch.interpreting():
         return configs
     narrow = [(128, 16, 32, 4, 4), (64, 16, 64, 3, 2), (16, 128, 64, 3, 4), (32, 32, 64, 3, 2)]
     return configs + [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
@@ -120,13 +114,25 @@ def _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
                  key=["C", "N", "IH", "IW", "OH", "OW", "KH", "KW", "MASK", "PER_ROW", "TRANSPOSED"])
 @triton.jit
 def _conv_kernel(
-        x_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, task_ptr, bias_ptr, scale_ptr, pre_ptr, y_ptr,
+        # Input [B, C, IH, IW], weight ([N, C, KH, KW], or [C, N, KH, KW] when TRANSPOSED), output.
+        x_ptr, w_ptr, y_ptr,
+        # Weight mask: logits (the weight's shape) or packed bits (one task's, or [T, ...] for replay).
+        l_ptr, bits_ptr,
+        # Replay: the batch rows sorted by task and their tasks.
+        perm_ptr, task_ptr,
+        # Epilogue: bias [N] with its logits or bits, unit scale ([N] or [B, N]), pre-scale copy.
+        bias_ptr, bl_ptr, bb_ptr, scale_ptr, pre_ptr,
+        # Sizes and the mask sharpness.
         BATCH, C, IH, IW, N, OH, OW, KH, KW, s,
+        # Geometry, and the tap and input steps of a transposed conv's phases (_phase_steps).
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w, dstep_h, dstep_w,
-        sx_b, sx_c, sx_h, sx_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3, sb_t, sb_0, sb_1,
+        # Strides: input, weight, logits, bits (task, row, byte), bias bits (task, unit), scale, output.
+        sx_b, sx_c, sx_h, sx_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3, sb_t, sb_0, sb_1, sbb_t, sbb_u,
         ss_b, ss_n, sy_b, sy_n, sy_h, sy_w,
+        # What to compute.
         MASK: tl.constexpr, PER_ROW: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr,
-        HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
+        BIAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
+        # Tile shape (autotuned).
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     if TRANSPOSED:
         rh = tl.program_id(1) // stride_w
@@ -165,6 +171,7 @@ def _conv_kernel(
                                    bits_ptr + t * sb_t, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
     else:
         b = bi.to(tl.int64)
+        tasks = tl.zeros((BLOCK_M,), dtype=tl.int32)
         acc = _conv_k_loop(acc, x_ptr, b, i, j, m_ok, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
                            kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, ih0, iw0, KH, KW,
                            w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3,
@@ -172,8 +179,9 @@ def _conv_kernel(
     oh = rh + i * pix_h
     ow = rw + j * pix_w
     y_off = (b * sy_b + oh * sy_h + ow * sy_w)[:, None] + offs_n[None, :] * sy_n
-    unit_epilogue(acc, y_ptr, pre_ptr, y_off, m_ok[:, None] & n_ok[None, :], b, offs_n, n_ok, bias_ptr, scale_ptr,
-                  ss_b, ss_n, HAS_BIAS, HAS_SCALE, WRITE_PRE)
+    unit_epilogue(acc, m_ok[:, None] & n_ok[None, :], y_ptr, pre_ptr, y_off, b, tasks, offs_n, n_ok, s,
+                  bias_ptr, bl_ptr, bb_ptr, sbb_t, sbb_u, scale_ptr, ss_b, ss_n, HAS_BIAS, BIAS_MASK, HAS_SCALE,
+                  WRITE_PRE)
 
 
 @triton.jit
@@ -206,27 +214,34 @@ def _wgrad_loop(acc, start, end, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_
                  reset_to_zero=["gw_ptr", "gl_ptr"])
 @triton.jit
 def _conv_wgrad_kernel(
-        p_ptr, q_ptr, w_ptr, l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr, gw_ptr, gl_ptr,
+        # Operands: P [B, R, PH, PW] and Q [B, A, QH, QW] (dY and X for a conv, X and dY for a
+        # conv-transpose); the weight W [R, A, KH, KW].
+        p_ptr, q_ptr, w_ptr,
+        # Weight mask (logits or bits), replay order and task offsets, freeze (bits or unit flags).
+        l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr,
+        # Outputs: grad_W, grad_logits.
+        gw_ptr, gl_ptr,
+        # Sizes, number of tasks, positions per split-K program, the mask sharpness.
         R, A, KH, KW, BATCH, PH, PW, QH, QW, T, CHUNK, s,
+        # Geometry of the forward conv.
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        # Strides: P, Q, W, logits, bits (task, row, byte), frozen bits, grad_W, grad_logits.
         sp_b, sp_c, sp_h, sp_w, sq_b, sq_c, sq_h, sq_w, sw_0, sw_1, sw_2, sw_3, sl_0, sl_1, sl_2, sl_3,
         sb_t, sb_0, sb_1, sf_0, sf_1, sgw_0, sgw_1, sgw_2, sgw_3, sgl_0, sgl_1, sgl_2, sgl_3,
+        # What to compute.
         MASK: tl.constexpr, PER_ROW: tl.constexpr, FROZEN: tl.constexpr, OUT_ON_ROWS: tl.constexpr,
         HAS_IN_RES: tl.constexpr, WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, ATOMIC: tl.constexpr,
-        PREC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr,
-        GROUP_R: tl.constexpr):
+        PREC: tl.constexpr,
+        # Tile shape (autotuned).
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
     C = A * KH * KW
     # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
     lo = tl.program_id(1) * CHUNK
     hi = tl.minimum(lo + CHUNK, BATCH * PH * PW)
-    offs_r, offs_c, r_ok, c_ok = tile_offsets(R, R, C, BLOCK_R, BLOCK_C, GROUP_R)
-    ok = r_ok[:, None] & c_ok[None, :]
+    offs_r, offs_c, r_ok, c_ok, ok, wr, wc, b_off = weight_tile(R, C, sb_0, sb_1, BLOCK_R, BLOCK_C, GROUP_R)
     a = (offs_c // (KH * KW))[None, :]
     kh = ((offs_c // KW) % KH)[None, :]
     kw = (offs_c % KW)[None, :]
-    wr = offs_r[:, None]
-    wc = offs_c[None, :]
-    b_off = wr * sb_0 + (wc >> 3) * sb_1
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
         # One reduction per task segment of the sorted batch, each added under its own bits.
@@ -239,7 +254,7 @@ def _conv_wgrad_kernel(
                                 stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
                                 PER_ROW, PREC, BLOCK_B)
                 acc += grad_mask_epilogue(g, ok, wc, w_ptr, 0, l_ptr, 0, bits_ptr + t * sb_t, b_off, gl_ptr, 0, s,
-                                          2, False, ATOMIC)
+                                          MASK_BITS, False, ATOMIC)
         gw = acc
     else:
         acc = _wgrad_loop(acc, lo, hi, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w,
@@ -269,10 +284,6 @@ def wgrad_splits(rows: int, cols: int, length: int, device: torch.device) -> int
     return max(1, min(triton.cdiv(2 * _sm_count(device), tiles), length // 2048))
 
 
-def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
-    return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
-
-
 def _phase_steps(stride: int, dil: int) -> tuple[int, int]:
     """Tap step and input step between live taps of one transposed-conv phase along an axis."""
     g = math.gcd(stride, dil)
@@ -288,7 +299,7 @@ def output_format(x: torch.Tensor) -> torch.memory_format:
 
 def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, transposed: bool,
             stride, padding, dilation, logits=None, s: float = 1.0, bits=None, perm=None, sorted_task=None,
-            bias=None, scale=None, write_pre: bool = False):
+            bias=None, bias_logits=None, bias_bits=None, scale=None, write_pre: bool = False):
     """``conv2d`` (``transposed=False``, weight ``[N, C, kh, kw]``) or ``conv_transpose2d``
     (weight ``[C, N, kh, kw]``) of ``x`` ``[B, C, H, W]`` with the masked weight, output spatial
     size ``out_hw``, in ``x``'s memory format. ``scale`` is ``[N]`` or ``[B, N]``. Returns
@@ -310,12 +321,17 @@ def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, t
     rows = B * (triton.cdiv(OH, sh) * triton.cdiv(OW, sw) if transposed else OH * OW)
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), phases)  # noqa: E731
     _conv_kernel[grid](
-        x, weight, logits, bits, perm, sorted_task, bias, scale, pre, y,
+        x, weight, y,
+        logits, bits,
+        perm, sorted_task,
+        bias, bias_logits, bias_bits, scale, pre,
         B, C, IH, IW, N, OH, OW, KH, KW, float(s),
         sh, sw, ph, pw, dh, dw, step_h, step_w, dstep_h, dstep_w,
-        *x.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits), *scale_strides(scale), *y.stride(),
-        MASK=mask_kind(logits, bits), PER_ROW=perm is not None, TRANSPOSED=transposed, HAS_BIAS=bias is not None,
-        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=input_precision(x.dtype),
+        *x.stride(), *weight.stride(), *launch.strides(logits, 4), *launch.task_strides(bits),
+        *launch.task_strides(bias_bits)[:2], *launch.scale_strides(scale), *y.stride(),
+        MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None, TRANSPOSED=transposed,
+        HAS_BIAS=bias is not None, BIAS_MASK=launch.mask_kind(bias_logits, bias_bits), HAS_SCALE=scale is not None,
+        WRITE_PRE=write_pre, PREC=launch.input_precision(x.dtype),
     )
     return y, pre
 
@@ -345,17 +361,19 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
     spare = weight.new_empty(1, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(cols, meta["BLOCK_C"]), splits)  # noqa: E731
     _conv_wgrad_kernel[grid](
-        p, q, weight, logits, bits, perm, task_offsets, frozen_bits, as_u8(frozen_out), as_u8(frozen_in),
+        p, q, weight,
+        logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),
         gw if gw is not None else spare, gl if gl is not None else spare,
         R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, triton.cdiv(length, splits),
         float(s),
         sh, sw, ph, pw, dh, dw,
-        *p.stride(), *q.stride(), *weight.stride(), *_strides4(logits), *_bit_strides(bits),
-        *(frozen_bits.stride() if frozen_bits is not None else (0, 0)), *_strides4(gw), *_strides4(gl),
-        MASK=mask_kind(logits, bits), PER_ROW=perm is not None, FROZEN=frozen_kind(frozen_bits, frozen_out),
+        *p.stride(), *q.stride(), *weight.stride(), *launch.strides(logits, 4), *launch.task_strides(bits),
+        *launch.strides(frozen_bits, 2), *launch.strides(gw, 4), *launch.strides(gl, 4),
+        MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None,
+        FROZEN=launch.frozen_kind(frozen_bits, frozen_out),
         OUT_ON_ROWS=out_on_rows,
         HAS_IN_RES=frozen_in is not None, WRITE_W=write_w, WRITE_L=write_logits, ATOMIC=splits > 1,
-        PREC=input_precision(p.dtype),
+        PREC=launch.input_precision(p.dtype),
     )
     if splits > 1:
         gw = None if gw is None else gw.to(weight.dtype)
