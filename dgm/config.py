@@ -11,13 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import METHODS  # the registry of methods: DGM and the baselines
+
 DATASETS = ("mnist", "fashion-mnist", "svhn", "cifar10", "imagenet50", "mnist5k")
-DGM_METHODS = ("dgmw", "dgma")
-# Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
-# data (upper bound), fine-tuning one classifier without replay (lower bound), and conditional-GAN
-# generative replay without masks or expansion.
-BASELINES = ("joint", "finetune", "replay")
-METHODS = DGM_METHODS + BASELINES
 ARCHS = ("dcgan", "mlp")
 
 
@@ -55,7 +51,6 @@ class TrainConfig:
     replay_per_class: int | None = None  # generated samples per old class; None: as many as real per class
     val_fraction: float = 0.15
     train_per_class: int | None = None   # cap on real training images per class (fast runs)
-    num_workers: int = 0
 
     def __post_init__(self):
         self.validate()

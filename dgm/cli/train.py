@@ -57,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, metrics.json)")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction,
                      help="continue from the latest checkpoint in --out")
-    run.add_argument("--num-workers", type=int, metavar="N", help="data loader workers")
     model = p.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHS, help="generator/discriminator family")
     model.add_argument("--image-size", type=int, metavar="PX")
