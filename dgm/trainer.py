@@ -16,7 +16,7 @@ from .checkpoint import CheckpointError, checkpoint_path, latest_checkpoint, loa
 from .config import TrainConfig
 from .data import load_dataset, split_tasks
 from .methods import build_learner
-from .methods.base import evaluate
+from .methods.selection import evaluate
 from .metrics import build_metrics
 from .reporting import Reporter
 
@@ -75,7 +75,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
             if units is not None:
                 history["growth"].append(units)
             metrics = build_metrics(config.to_dict(), [list(task.classes) for task in tasks[: t + 1]], history,
-                                    device=str(device), backend=backend)
+                                    device=str(device), backend=backend, selection=config.selection)
             reporter.task_end(t, metrics, learner.samples(tasks[: t + 1]), 8)
             save_checkpoint(checkpoint_path(out, t),
                             {"config": config.to_dict(), "next_task": t + 1, "history": history,
@@ -84,5 +84,5 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
         reporter.close()
     if metrics is None:  # every task was done before this resume
         metrics = build_metrics(config.to_dict(), [list(task.classes) for task in tasks], history,
-                                device=str(device), backend=backend)
+                                device=str(device), backend=backend, selection=config.selection)
     return metrics

@@ -12,8 +12,9 @@ from dgm.cli.train import parse_config
 from dgm.config import METHODS, TrainConfig
 from dgm.data import load_dataset, split_tasks
 from dgm.methods import build_learner, replay
-from dgm.methods.base import evaluate, generate_replay, task_seed
+from dgm.methods.base import generate_replay, task_seed
 from dgm.methods.joint import JointLearner
+from dgm.methods.selection import evaluate
 from dgm.reporting import Reporter
 from dgm.trainer import run
 

@@ -14,6 +14,7 @@ from .dgm import DGMLearner
 from .finetune import FinetuneLearner
 from .joint import JointLearner
 from .replay import ReplayLearner
+from .selection import SELECTIONS
 
 LEARNERS: dict[str, type[Learner]] = {"dgmw": DGMLearner, "dgma": DGMLearner, "joint": JointLearner,
                                       "finetune": FinetuneLearner, "replay": ReplayLearner}
@@ -25,4 +26,4 @@ def build_learner(config, num_classes: int, channels: int, backend: str, device)
     return LEARNERS[config.method](config, num_classes, channels, backend, device)
 
 
-__all__ = ["LEARNERS", "METHODS", "Learner", "build_learner"]
+__all__ = ["LEARNERS", "METHODS", "SELECTIONS", "Learner", "build_learner"]

@@ -4,9 +4,10 @@ A method is a :class:`Learner`: what it carries from task to task. :meth:`Learne
 one task of any method, written once: seed from ``(seed, task)``, let the method set the task up
 (:meth:`Learner.begin_task`: the classifier to select and evaluate, how many real samples an
 epoch walks over, and the ``step`` of one minibatch), run ``config.epochs`` epochs of minibatches,
-keep the best epoch's classifier (:class:`BestEpoch`), let the method close the task
-(:meth:`Learner.end_task`). Randomness is seeded per task (:func:`task_rng`, :func:`replay_rng`),
-so a run resumed from the checkpoint after task ``t`` continues exactly as the unbroken run would.
+keep the classifier of the epoch that ``config.selection`` picks (:mod:`~dgm.methods.selection`),
+let the method close the task (:meth:`Learner.end_task`). Randomness is seeded per task
+(:func:`task_rng`, :func:`replay_rng`), so a run resumed from the checkpoint after task ``t``
+continues exactly as the unbroken run would.
 
 ``config`` is always the run's :class:`dgm.config.TrainConfig`; the methods do not import it, since
 the config takes the method names from this package's registry (no import cycle).
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..models import dcgan_discriminator, gradient_penalty, mlp_discriminator
 from ..reporting import Reporter
+from .selection import BestEpoch, validation_sets
 
 # One minibatch of a task: ``step(epoch, batch, batches_per_epoch, indices)`` -> scalars to log.
 Step = Callable[[int, int, int, torch.Tensor], dict]
@@ -46,10 +48,13 @@ class Learner(abc.ABC):
 
     def train_task(self, task, old_tasks, reporter: Reporter) -> nn.Module:
         """Learn ``task`` after ``old_tasks``; returns the classifier to evaluate (a discriminator
-        whose classifier head covers every class seen), that of the best epoch."""
+        whose classifier head covers every class seen), that of the epoch the selection keeps."""
         rng = task_rng(self.config, task)
         setup = self.begin_task(task, old_tasks)
-        best = BestEpoch(setup.classifier, [*old_tasks, task], self.config.batch_size, self.device)
+        selection = self.config.selection
+        generated = self.generated_validation(task, old_tasks) if selection == "current" else None
+        best = BestEpoch(setup.classifier, validation_sets(selection, task, old_tasks, generated),
+                         self.config.batch_size, self.device)
         for epoch, b, batches, idx in minibatches(setup.samples, self.config, rng, reporter, task, self.device):
             reporter.log_step(task.index, epoch, b, setup.step(epoch, b, batches, idx))
             if b == batches - 1:
@@ -63,6 +68,11 @@ class Learner(abc.ABC):
 
     def end_task(self) -> None:
         """Close the task once its epochs are done."""
+
+    def generated_validation(self, task, old_tasks) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Generated validation images and labels of ``old_tasks``' classes (``--selection current``);
+        ``None`` without a generator."""
+        return None
 
     @abc.abstractmethod
     def state_dict(self) -> dict:
@@ -95,6 +105,16 @@ class GenerativeLearner(Learner):
     def samples(self, tasks):
         """Eight generated images of every class of ``tasks``, one row per class."""
         return generate_replay(self.generator, tasks, 8, self.config.batch_size, self.config.seed)[0]
+
+    def generated_validation(self, task, old_tasks):
+        """As many images per earlier class as ``task`` has validation images per class, by the
+        generator before it learns ``task``, from a seed of their own (the replay uses ``+ 0``, its
+        picks ``+ 1``)."""
+        per_class = len(task.val) // len(task.classes)
+        if not old_tasks or not per_class:
+            return None
+        return generate_replay(self.generator, old_tasks, per_class, self.config.batch_size,
+                               task_seed(self.config.seed, task.index) + 2)
 
 
 class ClassifierLearner(Learner):
@@ -244,44 +264,9 @@ def discriminator_loss(discriminator, real_x, real_y, fake, lambda_gp: float, re
     return critic_fake.mean() - critic_real.mean() + lambda_gp * gp + loss_class, loss_class, gp
 
 
-class BestEpoch:
-    """Keeps the classifier of the epoch that scored best on the validation images of every class
-    seen (the paper's official protocol selects the epoch this way, and every method here does
-    the same): in DGM the critic and classifier share their features, and a late swing of the
-    adversarial game can spoil the classifier. Without validation data, the last epoch stands."""
-
-    def __init__(self, classifier, tasks, batch_size: int, device: torch.device):
-        self.classifier, self.tasks, self.batch_size, self.device = classifier, tasks, batch_size, device
-        self.accuracy, self.state = -1.0, None
-
-    def end_epoch(self) -> None:
-        counts = evaluate(self.classifier, self.tasks, "val", self.batch_size, self.device)
-        total = sum(n for _, n in counts)
-        accuracy = sum(c for c, _ in counts) / max(total, 1)
-        if total and accuracy > self.accuracy:
-            self.accuracy = accuracy
-            self.state = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
-
-    def restore(self):
-        """The classifier, with the best epoch's weights; returns it."""
-        if self.state is not None:
-            self.classifier.load_state_dict(self.state)
-        return self.classifier
-
-
-@torch.no_grad()
-def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.device):
-    """Per task: ``(correct, total)`` of the classifier over all classes seen, on ``split`` data."""
-    was_training = discriminator.training
-    discriminator.eval()
-    correct = []
-    for task in tasks:
-        data = getattr(task, split)
-        hits = torch.zeros((), dtype=torch.long, device=device)
-        for i in range(0, len(data), batch_size):
-            x, y = data.images[i:i + batch_size].to(device), data.labels[i:i + batch_size].to(device)
-            hits += (discriminator(x)[1].argmax(1) == y).sum()
-        correct.append(hits)
-    discriminator.train(was_training)
-    correct = torch.stack(correct).tolist() if correct else []  # one read for all tasks
-    return [(c, len(getattr(task, split))) for c, task in zip(correct, tasks)]
+def generator_loss(discriminator, fake, labels):
+    """The AC-GAN generator's two terms on ``fake`` images of ``labels``: the adversarial one
+    (``-critic``) and the class term (the classifier's cross-entropy against the labels asked
+    for), which ties each class's output to its class. Returns ``(adversarial, class term)``."""
+    critic, logits = discriminator(fake)
+    return -critic.mean(), F.cross_entropy(logits, labels)

@@ -5,6 +5,13 @@ and heads for the task, the replay of earlier classes (:func:`begin_task`); then
 (:func:`train_step`) WGAN-GP plus the auxiliary classifier on the task's real data and the replay,
 the generator's current mask annealed and regularised towards sparsity while reserved weights stay
 frozen; at the end the generator's masks are consolidated and it grows.
+
+The generator's loss is ``-critic + lambda_reg * R + lambda_class * CE(classifier(fake), y)``. The
+last, the AC-GAN class term (``--lambda-class``), is what ties each class's head to its class: the
+critic alone lets every head of a task draw any class of the task, and with several classes per
+task the replay is then mislabelled. The official code has it as ``aux_G`` (weight 1;
+``approaches/DGMw.py``: ``errG += c_errG``), on in its ImageNet config (10 classes per task) and off
+in its MNIST and SVHN ones (one class per task).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from .base import (
     build_discriminator,
     classes_seen,
     discriminator_loss,
+    generator_loss,
     replay_batch,
     replay_for,
     replay_rng,
@@ -56,6 +64,7 @@ class TaskTraining:
     s_max: float
     lambda_reg: float
     lambda_gp: float
+    lambda_class: float
 
 
 def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.device) -> TaskTraining:
@@ -76,7 +85,7 @@ def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.de
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
     return TaskTraining(generator, list(task.classes), discriminator, adam(discriminator.parameters(), config),
                         opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, lambda_reg,
-                        config.lambda_gp)
+                        config.lambda_gp, config.lambda_class)
 
 
 def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) -> dict:
@@ -94,17 +103,18 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) 
     loss_d.backward()
     state.opt_d.step()
 
-    # Generator: fool the critic with a sparse mask; reserved weights stay frozen.
+    # Generator: fool the critic, be classified as the label asked for, with a sparse mask;
+    # reserved weights stay frozen.
     state.opt_g.zero_grad(set_to_none=True)
-    critic_gen, _ = discriminator(generator(generator.noise(y), y, classes=classes))
+    adversarial, g_class = generator_loss(discriminator, generator(generator.noise(y), y, classes=classes), y)
     reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
-    loss_g = -critic_gen.mean() + state.lambda_reg * reg
+    loss_g = adversarial + state.lambda_reg * reg + state.lambda_class * g_class
     loss_g.backward()
     for p in state.logits:
         compensate_logit_grad_(p, s, state.s_max)
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "class": loss_class.detach(),
-            "gp": gp.detach(), "reg": reg.detach()}
+            "gp": gp.detach(), "reg": reg.detach(), "g_class": g_class.detach()}
 
 
 class DGMLearner(GenerativeLearner):

@@ -22,6 +22,7 @@ from .base import (
     build_discriminator,
     classes_seen,
     discriminator_loss,
+    generator_loss,
     replay_batch,
     replay_for,
     replay_rng,
@@ -107,9 +108,8 @@ class ReplayLearner(GenerativeLearner):
 
             # AC-GAN generator loss: fool the critic and be classified as the label asked for.
             opt_g.zero_grad(set_to_none=True)
-            critic_gen, class_gen = discriminator(generator(generator.noise(y)))
-            loss_g_class = F.cross_entropy(class_gen, y)
-            loss_g = -critic_gen.mean() + loss_g_class
+            adversarial, loss_g_class = generator_loss(discriminator, generator(generator.noise(y)), y)
+            loss_g = adversarial + loss_g_class
             loss_g.backward()
             opt_g.step()
             scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "g_class": loss_g_class}
