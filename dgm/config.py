@@ -11,15 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .methods import METHODS, SELECTIONS  # the registry of methods (DGM, the baselines); model selection
 from .ops.backends import validate as validate_backend
 
 DATASETS = ("mnist", "fashion-mnist", "svhn", "cifar10", "imagenet50", "mnist5k")
-DGM_METHODS = ("dgmw", "dgma")
-# Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
-# data (upper bound), fine-tuning one classifier without replay (lower bound), and conditional-GAN
-# generative replay without masks or expansion.
-BASELINES = ("joint", "finetune", "replay")
-METHODS = DGM_METHODS + BASELINES
 ARCHS = ("dcgan", "mlp")
 
 
@@ -54,10 +49,11 @@ class TrainConfig:
     s_max: float | None = None        # None: 1e4 for dgmw, 1e5 for dgma (official configs); dgm methods only
     lambda_reg: float | None = None   # None: 0.08 for dgmw, 0.01 for dgma (official configs); dgm methods only
     lambda_gp: float = 1.0
+    lambda_class: float = 1.0         # AC-GAN class term of the generator's loss (official: aux_G); dgm methods only
     replay_per_class: int | None = None  # generated samples per old class; None: as many as real per class
     val_fraction: float = 0.15
     train_per_class: int | None = None   # cap on real training images per class (fast runs)
-    num_workers: int = 0
+    selection: str = "official"       # which epoch of a task is kept (dgm.methods.selection)
 
     def __post_init__(self):
         self.validate()
@@ -79,6 +75,7 @@ class TrainConfig:
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         need(self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}")
         validate_backend(self.backend)
+        need(self.selection in SELECTIONS, f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         for name in ("classes_per_task", "epochs", "batch_size", "nz", "ngf", "ndf", "hidden", "image_size"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
@@ -88,6 +85,7 @@ class TrainConfig:
         need(self.mask_lr is None or self.mask_lr > 0, f"mask_lr must be positive, got {self.mask_lr}")
         need(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         need(self.s_max is None or self.s_max >= 1, f"s_max must be >= 1, got {self.s_max}")
+        need(self.lambda_class >= 0, f"lambda_class must be >= 0, got {self.lambda_class}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

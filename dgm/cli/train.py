@@ -16,7 +16,7 @@ import torch
 
 from .. import ops
 from ..checkpoint import CheckpointError
-from ..config import ARCHS, DATASETS, METHODS, TrainConfig, load_config_file
+from ..config import ARCHS, DATASETS, METHODS, SELECTIONS, TrainConfig, load_config_file
 from ..reporting import Reporter, format_summary
 
 PROG = "dgm-train"
@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, metrics.json)")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction,
                      help="continue from the latest checkpoint in --out")
-    run.add_argument("--num-workers", type=int, metavar="N", help="data loader workers")
+    run.add_argument("--selection", choices=SELECTIONS,
+                     help="which epoch of a task is kept: official (best on the validation images of every "
+                          "class seen: real data of earlier tasks, the official protocol; default), current "
+                          "(best on the task's validation images plus generated ones of earlier classes), "
+                          "last (the last epoch)")
     model = p.add_argument_group("model")
     model.add_argument("--arch", choices=ARCHS, help="generator/discriminator family")
     model.add_argument("--image-size", type=int, metavar="PX")
@@ -70,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "dgm methods only)")
     dgm.add_argument("--lambda-reg", type=float, help="sparsity regulariser weight (default 0.08 dgmw, 0.01 dgma; "
                                                       "dgm methods only)")
+    dgm.add_argument("--lambda-class", type=float, help="weight of the AC-GAN class term in the generator's loss "
+                                                        "(default 1; dgm methods only)")
     dgm.add_argument("--lambda-gp", type=float, help="WGAN gradient-penalty weight")
     dgm.add_argument("--replay-per-class", type=int, metavar="N", help="generated samples per old class")
     dgm.add_argument("--val-fraction", type=float, help="share of train held out for validation")
