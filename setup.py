@@ -40,7 +40,7 @@ setup(
     version="0.1.0",
     description="Continual learning with Dynamic Generative Memory, with fused Triton and CUDA kernels",
     python_requires=">=3.10",
-    packages=["dgm", "dgm.ops", "dgm.layers", "dgm.models", "dgm.data", "dgm.cli", "dgm.kernels"],
+    packages=["dgm", "dgm.ops", "dgm.layers", "dgm.models", "dgm.methods", "dgm.data", "dgm.cli", "dgm.kernels"],
     package_dir={"dgm.kernels": "kernels"},
     install_requires=["torch>=2.4", "torchvision", "numpy", "scipy", "tqdm", "matplotlib", "pillow"],
     ext_modules=ext_modules,

@@ -117,7 +117,7 @@ def _reallocated(layer, kind: str, out_extra: int, in_extra: int) -> torch.nn.Mo
     weight_corner = tuple(slice(0, n) for n in layer.active_weight().shape)
     for name, p in layer.named_parameters():
         corner = weight_corner if p.dim() > 1 else (slice(0, layer.out_units),)
-        getattr(new, name)[corner].copy_(p[corner])
+        new.get_parameter(name)[corner].copy_(p[corner])
     return new
 
 

@@ -1,4 +1,4 @@
-"""One training step of :func:`dgm.trainer.train_task`, whole: the discriminator's step (critic on
+"""One training step of DGM (:mod:`dgm.methods.dgm`), whole: the discriminator's step (critic on
 real and fake, gradient penalty, classifier on real and replay, Adam) and the generator's (forward
 under the soft mask, sparsity regulariser, HAT compensation, FrozenAdam), in the middle of task 5
 (four tasks consolidated, replay of their classes).
@@ -8,7 +8,7 @@ Columns: ``reference`` (``--backend reference``) and ``fused`` (what ``--fused``
 ones: on a GPU the paper's MNIST and CIFAR-10 sizes; on a CPU the small MLP config at batch 16
 (the fused column skips there: ``--fused`` runs the reference on a CPU).
 
-It calls the trainer's own :func:`~dgm.trainer.begin_task` and :func:`~dgm.trainer.train_step`.
+It calls the method's own :func:`~dgm.methods.dgm.begin_task` and :func:`~dgm.methods.dgm.train_step`.
 """
 
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch
 
 from dgm import ops
 from dgm.config import TrainConfig, load_config_file
-from dgm.trainer import begin_task, build_generator, train_step
+from dgm.methods.dgm import begin_task, build_generator, train_step
 
 ON_GPU = torch.cuda.is_available()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -37,7 +37,7 @@ def _config(name: str, overrides, device: torch.device) -> TrainConfig:
 
 
 def _task_state(config: TrainConfig, backend: str, device: torch.device):
-    """:func:`~dgm.trainer.begin_task` of task ``DONE`` after ``DONE`` tasks learned with random
+    """:func:`~dgm.methods.dgm.begin_task` of task ``DONE`` after ``DONE`` tasks learned with random
     masks (task k: class k), and a real-sized batch."""
     torch.manual_seed(config.seed)
     channels = CHANNELS[config.dataset]

@@ -23,15 +23,10 @@ from pathlib import Path
 
 from .data.datasets import DATASETS, NUM_CLASSES
 from .errors import ConfigError, show
+from .methods import METHODS, SELECTIONS  # the registry of methods (DGM, the baselines); model selection
 from .ops.backends import CHOICES as BACKEND_CHOICES
 from .ops.backends import validate as validate_backend
 
-DGM_METHODS = ("dgmw", "dgma")
-# Baselines on the same data and protocol (dgm.baselines): joint training on every task's real
-# data (upper bound), fine-tuning one classifier without replay (lower bound), and conditional-GAN
-# generative replay without masks or expansion.
-BASELINES = ("joint", "finetune", "replay")
-METHODS = DGM_METHODS + BASELINES
 ARCHS = ("dcgan", "mlp")
 SEED_MAX = 2**32 - 1
 # Settings a resumed run may raise although they change the results: more tasks extend a run.
@@ -106,13 +101,18 @@ class TrainConfig:
     lambda_reg: float | None = setting(None, "sparsity regulariser weight (dgm methods only)", group="DGM", low=0,
                                        null="0.08 for dgmw, 0.01 for dgma (official configs)")
     lambda_gp: float = setting(1.0, "WGAN gradient-penalty weight", group="DGM", low=0)
+    lambda_class: float = setting(1.0, "weight of the AC-GAN class term in the generator's loss (official: aux_G; "
+                                       "dgm methods only)", group="DGM", low=0)
     replay_per_class: int | None = setting(None, "generated samples per old class", group="DGM", low=1,
                                            null="as many as real images per class", metavar="N")
     val_fraction: float = setting(0.15, "share of train held out for validation", group="DGM", low=0, high=1,
                                   high_open=True)
     train_per_class: int | None = setting(None, "cap on real training images per class (fast runs)", group="DGM",
                                           low=1, null="no cap", metavar="N")
-    num_workers: int = setting(0, "data loader workers", low=0, run_only=True, metavar="N")
+    selection: str = setting("official", "which epoch of a task is kept: official (best on the validation images "
+                                         "of every class seen: real data of earlier tasks, the official protocol), "
+                                         "current (best on the task's validation images plus generated ones of "
+                                         "earlier classes), last (the last epoch)", choices=SELECTIONS)
 
     def __post_init__(self):
         self.validate()

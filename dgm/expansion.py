@@ -45,7 +45,17 @@ def grown_capacity(capacity: tuple[int, ...], needed: tuple[int, ...]) -> tuple[
     return tuple(c if n <= c else max(n, 2 * c) for c, n in zip(capacity, needed))
 
 
-def _regrown(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def new_entries(old: tuple[int, ...], new: tuple[int, ...]) -> list[tuple[slice, slice]]:
+    """Indices of the entries of the leading corner ``new`` that the corner ``old`` lacks (only
+    dimensions 0 and 1 grow): the old rows' new columns, then the new rows; empty blocks left out."""
+    (old_rows, old_cols), (rows, cols) = old[:2], new[:2]
+    blocks = ((slice(0, old_rows), slice(old_cols, cols)), (slice(old_rows, rows), slice(0, cols)))
+    return [block for block, grows in zip(blocks, (cols > old_cols, rows > old_rows)) if grows]
+
+
+def padded(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` in the leading corner of a zero (``False``) tensor of ``shape``: storage regrown, with
+    every old entry at its old index."""
     out = t.new_zeros(shape)
     out[tuple(slice(0, n) for n in t.shape)] = t
     return out
@@ -59,13 +69,13 @@ def regrow_parameter(module: nn.Module, name: str, shape: tuple[int, ...],
     Old values and their optimiser state (moments, step counts) keep their positions exactly.
     """
     old = getattr(module, name)
-    new = nn.Parameter(_regrown(old.detach(), tuple(shape)), requires_grad=old.requires_grad)
+    new = nn.Parameter(padded(old.detach(), tuple(shape)), requires_grad=old.requires_grad)
     setattr(module, name, new)
     if optimizer is not None:
         for group in optimizer.param_groups:
             group["params"] = [new if p is old else p for p in group["params"]]
         if old in optimizer.state:
             state = optimizer.state.pop(old)
-            optimizer.state[new] = {k: _regrown(v, tuple(shape)) if torch.is_tensor(v) and v.shape == old.shape
+            optimizer.state[new] = {k: padded(v, tuple(shape)) if torch.is_tensor(v) and v.shape == old.shape
                                     else v for k, v in state.items()}
     return new

@@ -89,8 +89,9 @@ class AccuracyMatrix:
 
 
 def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], history: dict, *,
-                  device: str, backend: str) -> dict:
-    """The ``metrics.json`` document of a run so far.
+                  device: str, backend: str, selection: str) -> dict:
+    """The ``metrics.json`` document of a run so far; ``selection``: how each task's epoch was chosen
+    (:mod:`dgm.methods.selection`).
 
     ``history`` holds one entry per finished task under ``"test"`` (the row of ``(correct,
     total)`` pairs), ``"generator_params"`` and ``"wall_time_s"``; optionally ``"val"`` (the same
@@ -119,6 +120,7 @@ def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], histo
         "wall_time_s": [float(s) for s in history["wall_time_s"]],
         "device": str(device),
         "backend": str(backend),
+        "selection": str(selection),
         "test_counts": {"correct": test.correct, "total": test.total},
     })
     val_rows = history.get("val") or []

@@ -86,7 +86,7 @@ def _load(path: Path, task: int, config: TrainConfig) -> dict:
     try:  # the metrics of the finished tasks are made from their history
         if not isinstance(history, dict) or len(history.get("val", ())) != next_task:
             raise ValueError("no validation rows")
-        build_metrics({}, [[]] * next_task, history, device="", backend="")
+        build_metrics({}, [[]] * next_task, history, device="", backend="", selection="")
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} lacks a valid history of its {next_task} finished tasks "
                               f"({one_line(exc)}): a damaged or edited file") from exc

@@ -14,6 +14,7 @@ from dgm import trainer
 from dgm.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from dgm.cli import data, results, train
 from dgm.data.datasets import IDX_FILES
+from dgm.methods import selection
 
 
 def refused(argv, *names, out=None):
@@ -227,7 +228,7 @@ def test_interrupted_run_exits_130_and_says_how_to_continue(tmp_path_factory, tm
     def stop(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer.BestEpoch, "end_epoch", stop)
+    monkeypatch.setattr(selection.BestEpoch, "end_epoch", stop)
     code, _, err = call(train.main, [*TINY, "--tasks", "3", "--out", out, "--resume"])
     assert code == 130 and "Traceback" not in err
     assert err.splitlines()[-1] == f"dgm-train: interrupted; continue with --resume --out {out}"

@@ -27,6 +27,13 @@ def _x(name, batch, in_units, seed):
     return torch.randn((batch, in_units) + LAYERS[name][1], generator=g, dtype=DT)
 
 
+def _randomise_logits(layer, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.logits():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
+
+
 def test_weight_growth_hand_example():
     # layer 0: in 10, out 4, 1x1; 7 new reserved weights; nothing gained from below:
     #          d0 = ceil(7 / (10 * 1)) = 1
@@ -83,10 +90,7 @@ def test_storage_grows_geometrically(name, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_expand_keeps_old_values_and_initialises_new_ones(name, kind):
     layer = LAYERS[name][0](kind)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in layer.logits():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
+    _randomise_logits(layer, 1)
     layer.consolidate()
     old_w = layer.active_weight().detach().clone()
     old_b = layer.bias.detach().clone()
@@ -200,10 +204,7 @@ def test_regrow_parameter_without_state_or_optimizer():
 @pytest.mark.parametrize("kind", KINDS)
 def test_expand_keeps_old_mask_logits(kind):
     layer = LAYERS["conv2d"][0](kind)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in layer.logits():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
+    _randomise_logits(layer, 2)
     before = [p.detach().clone() for p in layer.logits()]
     layer.expand(out_extra=2, in_extra=1)  # reallocates
     layer.expand(out_extra=1)  # fits
@@ -213,3 +214,58 @@ def test_expand_keeps_old_mask_logits(kind):
         rest = p.detach().clone()
         rest[region] = 0
         assert torch.all(rest == 0)
+
+
+def _corner(shape, corner):
+    """Bool mask of ``shape``, true on its leading ``corner``."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[tuple(slice(0, n) for n in corner)] = True
+    return mask
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_growth_within_capacity_writes_only_the_new_entries(name, kind):
+    torch.manual_seed(3)
+    layer = LAYERS[name][0](kind)
+    _randomise_logits(layer, 4)
+    layer.consolidate()
+    layer.expand(out_extra=1, in_extra=1)  # the storage doubles: room to grow
+    if kind == "activation":
+        layer.set_input_reserved(torch.arange(layer.in_units) % 2 == 0)
+    old_shape, old_out = layer.active_weight().shape, layer.out_units
+    params = dict(layer.named_parameters())
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the current task's logits, and a sentinel in the spare storage
+        for p in params.values():
+            active = _corner(p.shape, old_shape if p.dim() > 1 else (old_out,))
+            p.copy_(torch.where(active, torch.randn(p.shape, generator=g, dtype=DT), 7.0))
+    before = {n: p.detach().clone() for n, p in params.items()}
+    pointers = {n: p.data_ptr() for n, p in params.items()}
+    buffers = dict(layer.policy.named_buffers())
+    buffers_before = {n: b.clone() for n, b in buffers.items()}
+    layer.expand(out_extra=2, in_extra=1)
+    new_shape = layer.active_weight().shape
+    for n, p in layer.named_parameters():  # the same storage...
+        assert p is params[n] and p.data_ptr() == pointers[n], n
+    for n, b in layer.policy.named_buffers():  # ... and the reserved masks, neither repacked nor padded
+        assert b is buffers[n] and torch.equal(b, buffers_before[n]), n
+    for n, p in params.items():
+        new = (_corner(p.shape, new_shape) & ~_corner(p.shape, old_shape) if p.dim() > 1
+               else _corner(p.shape, (layer.out_units,)) & ~_corner(p.shape, (old_out,)))
+        assert torch.equal(p.detach()[~new], before[n][~new]), f"{n} written outside its new entries"
+        if n.startswith("policy."):  # mask logits
+            assert torch.all(p[new] == 0), n
+        else:
+            assert torch.all((p[new] != 7.0) & (p[new] != 0)), n
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_default_init_of_new_entries_uses_the_whole_weights_fan_in(kind):
+    torch.manual_seed(5)
+    layer = dgm.MaskedLinear(4, 3, mask=kind, backend="reference", dtype=DT)
+    layer.expand(out_extra=200, in_extra=396)  # fan-in 400: kaiming_uniform(a=sqrt(5)) bound 1/20
+    w = layer.active_weight()
+    new = w[3:]
+    assert new.abs().max() <= 1 / 20 and new.abs().max() > 0.9 / 20
+    assert abs(new.mean().item()) < 1e-3 and abs(new.var().item() - (1 / 20) ** 2 / 3) < 1e-5

@@ -3,7 +3,7 @@
 On a GPU, every read of a device value on the host (``.item()``, ``bool(t)``, ``.tolist()``,
 ops whose output shape depends on the data such as ``nonzero`` or ``unique``, a copy to the
 host) stalls the launch queue until the device catches up. This test runs whole steps of
-:func:`dgm.trainer.train_step` (both networks, replay, optimisers) on the CPU under a
+:func:`dgm.methods.dgm.train_step` (both networks, replay, optimisers) on the CPU under a
 ``TorchFunctionMode`` that records every such call made *by the package's own code* (calls that
 PyTorch makes inside its modules and optimisers are PyTorch's business), so it fails wherever a
 sync creeps into the step, GPU or not. On a GPU, ``test_step_on_gpu_never_syncs`` asks CUDA itself.
@@ -23,7 +23,7 @@ import dgm
 import dgm.kernels
 from dgm import ops
 from dgm.config import TrainConfig
-from dgm.trainer import begin_task, build_generator, train_step
+from dgm.methods.dgm import begin_task, build_generator, train_step
 
 PACKAGE_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (dgm, dgm.kernels))
 SYNCING = {

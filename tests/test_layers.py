@@ -1,6 +1,8 @@
 """Masked layers on the reference backend: drop-in equality with ``torch.nn``, the task lifecycle
 (consolidate, per-task and per-row forward, growth), bad input, and state dict round trips."""
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -327,6 +329,44 @@ def test_state_dict_round_trip_into_a_fresh_layer(spec, kind, bias):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert fresh.reserved_count() == layer.reserved_count()
     assert fresh.mask_usage()[1] == layer.mask_usage()[1]
+
+
+def _as_version_1(layer):
+    """``layer``'s state dict as layers wrote it before the mask policy split off (version 1): the
+    policy's tensors as the layer's own, the reserved ones at the active size."""
+    active = {"weight_reserved": layer.reserved_bits if layer.mask == "weight" else None,
+              "bias_reserved": layer.reserved_bias if layer.mask == "weight" else None,
+              "out_reserved": layer.reserved_units if layer.mask == "activation" else None,
+              "in_reserved": layer.policy.reserved_in_units(layer.in_units) if layer.mask == "activation" else None}
+    legacy = {"weight_reserved": "reserved_bits", "bias_reserved": "reserved_bias", "out_reserved": "reserved_units",
+              "in_reserved": "reserved_in_units"}
+    state = OrderedDict()
+    for key, value in layer.state_dict().items():
+        name = key.removeprefix("policy.")
+        state[legacy.get(name, name)] = active[name].contiguous() if name in active else value
+    state._metadata = {"": {"version": 1}}
+    return state
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_version_1_state_dict_loads(spec, kind, bias):
+    layer, _ = _train_three_widths(spec, kind, bias)
+    if kind == "activation":
+        layer.set_input_reserved(torch.arange(layer.in_units) % 3 == 0)
+    old = _as_version_1(layer)
+    assert any(k.startswith("reserved_") for k in old) and not any(k.startswith("policy.") for k in old)
+    fresh = spec.layer(kind, bias)
+    fresh.load_state_dict(old)
+    assert fresh.state_dict().keys() == layer.state_dict().keys()
+    for key, value in layer.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(fresh.state_dict()[key], value), key
+    for task in range(layer.task + 1):
+        x = spec.x(2, layer.sizes(task)[1], seed=90 + task)
+        assert torch.equal(fresh(x, task=task), layer(x, task=task))
+    assert fresh.reserved_count() == layer.reserved_count() and fresh.mask_usage()[1] == layer.mask_usage()[1]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)

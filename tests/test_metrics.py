@@ -73,7 +73,7 @@ def test_build_metrics_schema_and_headline_numbers():
     history = {**_history(rows), "val": [[(1, 2)] * (i + 1) for i in range(10)],
                "growth": [[4 + i, 2] for i in range(10)]}
     classes = [[c] for c in range(10)]
-    out = build_metrics({"method": "dgmw"}, classes, history, device="cpu", backend="reference")
+    out = build_metrics({"method": "dgmw"}, classes, history, device="cpu", backend="reference", selection="current")
     assert out["config"] == {"method": "dgmw"}
     assert out["classes_per_task"] == classes
     assert out["A5"] == pytest.approx(50 / 60)
@@ -84,7 +84,7 @@ def test_build_metrics_schema_and_headline_numbers():
     assert out["forgetting"] == pytest.approx(0.0)
     assert out["generator_params"] == [100 * (i + 1) for i in range(10)]
     assert out["wall_time_s"] == [1.5] * 10
-    assert (out["device"], out["backend"]) == ("cpu", "reference")
+    assert (out["device"], out["backend"], out["selection"]) == ("cpu", "reference", "current")
     assert out["test_counts"]["total"][2] == [10, 11, 12]
     assert out["val_A"] == [0.5] * 10
     assert out["generator_units"][9] == [13, 2]
@@ -94,7 +94,7 @@ def test_build_metrics_schema_and_headline_numbers():
 def test_build_metrics_before_five_tasks_has_no_headline_and_skips_empty_validation():
     rows = ROWS
     history = {**_history(rows), "val": [[(0, 0)] * (i + 1) for i in range(3)]}
-    out = build_metrics({}, [[0], [1], [2]], history, device="cpu", backend="auto")
+    out = build_metrics({}, [[0], [1], [2]], history, device="cpu", backend="auto", selection="official")
     assert "A5" not in out and "A10" not in out
     assert "val_A" not in out
     assert math.isclose(out["A"][-1], 46 / 70)
@@ -104,6 +104,6 @@ def test_build_metrics_rejects_inconsistent_history():
     history = _history(ROWS)
     history["wall_time_s"] = [1.0]
     with pytest.raises(ValueError, match="wall_time_s"):
-        build_metrics({}, [[0], [1], [2]], history, device="cpu", backend="reference")
+        build_metrics({}, [[0], [1], [2]], history, device="cpu", backend="reference", selection="last")
     with pytest.raises(ValueError, match="classes_per_task lists 2"):
-        build_metrics({}, [[0], [1]], _history(ROWS), device="cpu", backend="reference")
+        build_metrics({}, [[0], [1]], _history(ROWS), device="cpu", backend="reference", selection="last")

@@ -15,7 +15,8 @@ from dgm.reporting import Reporter, format_summary, plot_accuracy_matrix
 def _metrics(rows):
     t = len(rows)
     history = {"test": rows, "generator_params": [10] * t, "wall_time_s": [0.5] * t}
-    return build_metrics({"method": "dgmw"}, [[c] for c in range(t)], history, device="cpu", backend="reference")
+    return build_metrics({"method": "dgmw"}, [[c] for c in range(t)], history, device="cpu", backend="reference",
+                         selection="official")
 
 
 def _read_log(out):

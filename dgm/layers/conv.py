@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from torch.nn.modules.utils import _pair
 
-from .masked import MaskedLayer
+from .masked import DEFAULT_S_MAX, MaskedLayer
 
 
 class _MaskedConv(MaskedLayer):
+    _UNIT_DIM = 1
+
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                  mask, backend, s_max, weight_init, device, dtype, output_padding=0):
         self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
@@ -32,9 +34,9 @@ class _MaskedConv(MaskedLayer):
     def extra_repr(self) -> str:
         s = (f"{self.in_units}, {self.out_units}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}")
-        if self.dilation != (1, 1):
+        if self.dilation != (1,) * len(self.dilation):
             s += f", dilation={self.dilation}"
-        if self.output_padding != (0, 0):
+        if self.output_padding != (0,) * len(self.output_padding):
             s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
@@ -50,7 +52,7 @@ class MaskedConv2d(_MaskedConv):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, mask: str = "weight", backend: str = "auto",
-                 s_max: float = 400.0, weight_init=None, device=None, dtype=None):
+                 s_max: float = DEFAULT_S_MAX, weight_init=None, device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          mask, backend, s_max, weight_init, device, dtype)
 
@@ -70,7 +72,7 @@ class MaskedConvTranspose2d(_MaskedConv):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  output_padding=0, groups: int = 1, bias: bool = True, dilation=1, *, mask: str = "weight",
-                 backend: str = "auto", s_max: float = 400.0, weight_init=None, device=None, dtype=None):
+                 backend: str = "auto", s_max: float = DEFAULT_S_MAX, weight_init=None, device=None, dtype=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          mask, backend, s_max, weight_init, device, dtype, output_padding=output_padding)
 

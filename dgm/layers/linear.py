@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .masked import MaskedLayer
+from .masked import DEFAULT_S_MAX, MaskedLayer
 
 
 class MaskedLinear(MaskedLayer):
@@ -15,9 +15,10 @@ class MaskedLinear(MaskedLayer):
 
     _OP = "linear"
     _OUT_DIM = 0
+    _UNIT_DIM = -1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mask: str = "weight",
-                 backend: str = "auto", s_max: float = 400.0, weight_init=None, device=None, dtype=None):
+                 backend: str = "auto", s_max: float = DEFAULT_S_MAX, weight_init=None, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, mask, backend, s_max, weight_init, device, dtype)
 
     @property

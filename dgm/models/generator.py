@@ -21,6 +21,7 @@ from torch import nn
 
 from ..expansion import weight_growth
 from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear
+from .blocks import DCGAN_HEAD, check_latent, dcgan_body, dcgan_norm, label_noise
 
 
 def dcgan_init_(w: torch.Tensor) -> None:
@@ -35,8 +36,7 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
 
     def __init__(self, nz: int, num_classes: int, channels: int, image_size: int, mask: str):
         super().__init__()
-        if nz < num_classes:
-            raise ValueError(f"nz={nz} must be >= num_classes={num_classes}: z carries the one-hot label")
+        check_latent(nz, num_classes)
         self.nz, self.num_classes, self.channels, self.image_size = nz, num_classes, channels, image_size
         self.mask = mask
         self.norms = nn.ModuleList()   # norms[task][layer]
@@ -107,10 +107,8 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
 
     # -- forward ------------------------------------------------------------------------------
     def noise(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Latent codes for ``labels``: Gaussian, with the one-hot label in the first entries."""
-        z = torch.randn(labels.shape[0], self.nz, generator=generator, device=labels.device)
-        z[:, : self.num_classes] = F.one_hot(labels, self.num_classes).to(z.dtype)
-        return z.to(self.body[0].weight.dtype)
+        """Latent codes for ``labels`` (:func:`~dgm.models.blocks.label_noise`) in the layers' dtype."""
+        return label_noise(labels, self.nz, self.num_classes, generator).to(self.body[0].weight.dtype)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor, task: int | None = None,
                 classes: list[int] | None = None) -> torch.Tensor:
@@ -263,11 +261,7 @@ class DCGANGenerator(MaskedGenerator):
             raise ValueError(f"DCGANGenerator makes 32x32 images, got image_size={image_size}")
         super().__init__(nz, num_classes, channels, image_size, mask)
         common = {"bias": False, "mask": mask, "s_max": s_max, "backend": backend, "weight_init": dcgan_init_}
-        self.body = nn.ModuleList([
-            MaskedConvTranspose2d(nz, 4 * ngf, 4, 1, 0, **common),
-            MaskedConvTranspose2d(4 * ngf, 2 * ngf, 4, 2, 1, **common),
-            MaskedConvTranspose2d(2 * ngf, ngf, 4, 2, 1, **common),
-        ])
+        self.body = nn.ModuleList(MaskedConvTranspose2d(*shape, **common) for shape in dcgan_body(nz, ngf))
         self._defer_unit_masks()
         self.initial_units = self.units()
 
@@ -275,12 +269,10 @@ class DCGANGenerator(MaskedGenerator):
         return z.view(z.shape[0], self.nz, 1, 1)
 
     def _norm(self, units):
-        norm = nn.BatchNorm2d(units)
-        nn.init.normal_(norm.weight, 1.0, 0.02)
-        return norm
+        return dcgan_norm(units)
 
     def _make_head(self, in_units):
-        head = nn.ConvTranspose2d(in_units, self.channels, 4, 2, 1, bias=False)
+        head = nn.ConvTranspose2d(in_units, self.channels, *DCGAN_HEAD, bias=False)
         dcgan_init_(head.weight)
         return head
 

@@ -7,13 +7,18 @@ import csv
 import pytest
 import torch
 
-from dgm import baselines
 from dgm.checkpoint import checkpoint_path, load_checkpoint
 from dgm.cli.train import parse_config
-from dgm.config import BASELINES, METHODS, TrainConfig
+from dgm.config import METHODS, TrainConfig
 from dgm.data import load_dataset, split_tasks
+from dgm.methods import build_learner, replay
+from dgm.methods.base import generate_replay, task_seed
+from dgm.methods.joint import JointLearner
+from dgm.methods.selection import evaluate
 from dgm.reporting import Reporter
-from dgm.trainer import _task_seed, evaluate, generate_replay, run
+from dgm.trainer import run
+
+BASELINES = ("joint", "finetune", "replay")
 
 
 def tiny(out, method, tasks=3, **kw):
@@ -36,11 +41,12 @@ def runs(tmp_path_factory):
     """A 3-task run of every baseline, recording what joint's classifiers trained on and what
     replay's generator replayed."""
     seen = {"classifier_data": [], "replays": []}
-    train_classifier, replay_for = baselines.train_classifier, baselines.replay_for
+    training_data, replay_for = JointLearner.training_data, replay.replay_for
 
-    def record_classifier(classifier, images, labels, tasks, *args):
-        seen["classifier_data"].append((tasks[-1].index, classifier, images.clone(), labels.clone()))
-        return train_classifier(classifier, images, labels, tasks, *args)
+    def record_classifier(learner, task, old_tasks):
+        images, labels = training_data(learner, task, old_tasks)
+        seen["classifier_data"].append((task.index, learner.classifier, images.clone(), labels.clone()))
+        return images, labels
 
     def record_replay(generator, task, *args):
         replay = replay_for(generator, task, *args)
@@ -49,8 +55,8 @@ def runs(tmp_path_factory):
 
     out = {}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(baselines, "train_classifier", record_classifier)
-        patch.setattr(baselines, "replay_for", record_replay)
+        patch.setattr(JointLearner, "training_data", record_classifier)
+        patch.setattr(replay, "replay_for", record_replay)
         for method in BASELINES:
             for records in seen.values():
                 records.clear()
@@ -85,7 +91,7 @@ def test_finetune_forgets_while_joint_remembers(runs):
     matrix = finetune["metrics"]["accuracy_matrix"]
     assert matrix[2][2] == 1.0
     # the classifier trained on task 2 alone calls every old test image class 2
-    learner = baselines.build_baseline(finetune["config"], 10, 1, torch.device("cpu"))
+    learner = build_learner(finetune["config"], 10, 1, "reference", torch.device("cpu"))
     learner.load_state_dict(load_checkpoint(checkpoint_path(finetune["out"], 2)))
     tasks = split(finetune["config"])
     old = torch.cat([t.test.images for t in tasks[:2]])
@@ -120,16 +126,16 @@ def test_replay_generator_replays_every_earlier_class_as_it_was_before_the_task(
         assert batch == config.batch_size * t
         assert images.shape == (t * per_class, 1, 32, 32) and images.abs().max() <= 1
         # made by the generator as the checkpoint after task t-1 holds it (a frozen copy)
-        before = baselines.build_baseline(config, 10, 1, torch.device("cpu"))
+        before = build_learner(config, 10, 1, "reference", torch.device("cpu"))
         before.load_state_dict(load_checkpoint(checkpoint_path(folder, t - 1)))
         again, _ = generate_replay(before.generator, tasks[:t], per_class, config.batch_size,
-                                   _task_seed(config.seed, t))
+                                   task_seed(config.seed, t))
         assert torch.equal(again, images)
     # it learned task 2 on its own replay: the replay of tasks 0 and 1 changed between tasks 1 and 2
-    final = baselines.build_baseline(config, 10, 1, torch.device("cpu"))
+    final = build_learner(config, 10, 1, "reference", torch.device("cpu"))
     final.load_state_dict(load_checkpoint(checkpoint_path(folder, 2)))
     old, _ = generate_replay(final.generator, tasks[:1], 8, 8, 0)
-    earlier = baselines.build_baseline(config, 10, 1, torch.device("cpu"))
+    earlier = build_learner(config, 10, 1, "reference", torch.device("cpu"))
     earlier.load_state_dict(load_checkpoint(checkpoint_path(folder, 0)))
     assert not torch.equal(old, generate_replay(earlier.generator, tasks[:1], 8, 8, 0)[0])
 

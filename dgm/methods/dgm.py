@@ -1,0 +1,145 @@
+"""DGMw / DGMa: the masked, growing generator that replays every earlier class.
+
+One task (:class:`DGMLearner`): a new discriminator over every class seen, the generator's norms
+and heads for the task, the replay of earlier classes (:func:`begin_task`); then per minibatch
+(:func:`train_step`) WGAN-GP plus the auxiliary classifier on the task's real data and the replay,
+the generator's current mask annealed and regularised towards sparsity while reserved weights stay
+frozen; at the end the generator's masks are consolidated and it grows.
+
+The generator's loss is ``-critic + lambda_reg * R + lambda_class * CE(classifier(fake), y)``. The
+last, the AC-GAN class term (``--lambda-class``), is what ties each class's head to its class: the
+critic alone lets every head of a task draw any class of the task, and with several classes per
+task the replay is then mislabelled. The official code has it as ``aux_G`` (weight 1;
+``approaches/DGMw.py``: ``errG += c_errG``), on in its ImageNet config (10 classes per task) and off
+in its MNIST and SVHN ones (one class per task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..masks import compensate_logit_grad_, sharpness, sparsity_regularizer
+from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator
+from ..optim import FrozenAdam, reserved_masks
+from .base import (
+    GenerativeLearner,
+    TaskSetup,
+    adam,
+    build_discriminator,
+    classes_seen,
+    discriminator_loss,
+    generator_loss,
+    replay_batch,
+    replay_for,
+    replay_rng,
+)
+
+
+def build_generator(config, num_classes: int, channels: int, backend: str) -> MaskedGenerator:
+    mask = "weight" if config.method == "dgmw" else "activation"
+    common = {"mask": mask, "s_max": config.resolved_s_max, "backend": backend, "image_size": config.image_size}
+    if config.arch == "dcgan":
+        return DCGANGenerator(config.nz, num_classes, channels, config.ngf, **common)
+    return MLPGenerator(config.nz, num_classes, channels, config.hidden, **common)
+
+
+def generator_backend(generator) -> str:
+    return generator.body[0].backend
+
+
+@dataclass
+class TaskTraining:
+    """One DGM task being learned: everything :func:`train_step` updates."""
+
+    generator: MaskedGenerator
+    classes: list[int]
+    discriminator: Discriminator
+    opt_d: torch.optim.Optimizer
+    opt_g: FrozenAdam
+    logits: list[torch.nn.Parameter]
+    replay: tuple | None
+    replay_rng: torch.Generator
+    s_max: float
+    lambda_reg: float
+    lambda_gp: float
+    lambda_class: float
+
+
+def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.device) -> TaskTraining:
+    """Set up learning ``task``: a new discriminator over every class seen, the generator's norms
+    and heads for the task, the replay of ``old_tasks``, and the optimisers (the generator's keeps
+    reserved weights and their moments where they are)."""
+    seen = classes_seen([*old_tasks, task])
+    discriminator = build_discriminator(config, seen, task.train.channels).to(device)
+    generator.prepare_task(list(task.classes))
+    generator.train()
+    replay = replay_for(generator, task, old_tasks, config, n_real)
+    logits = [p for layer in generator.masked_layers() for p in layer.logits()]
+    weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
+    opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
+                       lr=config.lr, betas=(config.beta1, 0.999),
+                       backend="reference" if generator_backend(generator) == "reference" else "auto")
+    opt_g.set_reserved(reserved_masks(generator))
+    lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
+    return TaskTraining(generator, list(task.classes), discriminator, adam(discriminator.parameters(), config),
+                        opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, lambda_reg,
+                        config.lambda_gp, config.lambda_class)
+
+
+def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) -> dict:
+    """One step on a real batch ``(x, y)`` at sharpness ``s``; returns the losses as tensors. The
+    host never waits for the device in a step (tests/test_host_sync.py)."""
+    generator, discriminator, classes = state.generator, state.discriminator, state.classes
+    generator.set_sharpness(s)
+
+    # Discriminator: critic on real vs fake of this task, classifier on real + replay.
+    state.opt_d.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        fake = generator(generator.noise(y), y, classes=classes)
+    replay = None if state.replay is None else replay_batch(state.replay, state.replay_rng)
+    loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, state.lambda_gp, replay)
+    loss_d.backward()
+    state.opt_d.step()
+
+    # Generator: fool the critic, be classified as the label asked for, with a sparse mask;
+    # reserved weights stay frozen.
+    state.opt_g.zero_grad(set_to_none=True)
+    adversarial, g_class = generator_loss(discriminator, generator(generator.noise(y), y, classes=classes), y)
+    reg = sparsity_regularizer(layer.mask_usage() for layer in generator.masked_layers())
+    loss_g = adversarial + state.lambda_reg * reg + state.lambda_class * g_class
+    loss_g.backward()
+    for p in state.logits:
+        compensate_logit_grad_(p, s, state.s_max)
+    state.opt_g.step()
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "class": loss_class.detach(),
+            "gp": gp.detach(), "reg": reg.detach(), "g_class": g_class.detach()}
+
+
+class DGMLearner(GenerativeLearner):
+    """``dgmw`` / ``dgma``: carries the masked, growing generator; the discriminator is rebuilt
+    every task."""
+
+    def __init__(self, config, num_classes: int, channels: int, backend: str, device: torch.device):
+        super().__init__(config, num_classes, channels, backend, device)
+        self.generator = build_generator(config, num_classes, channels, backend).to(device)
+
+    def begin_task(self, task, old_tasks) -> TaskSetup:
+        real_x, real_y = task.train.images.to(self.device), task.train.labels.to(self.device)
+        state = begin_task(self.generator, task, old_tasks, real_y.shape[0], self.config, self.device)
+        epochs = self.config.epochs
+
+        def step(epoch, b, batches, idx):
+            s = sharpness(epoch, epochs, b, batches, state.s_max)
+            return {**train_step(state, real_x[idx], real_y[idx], s), "s": s}
+
+        return TaskSetup(state.discriminator, real_y.shape[0], step)
+
+    def end_task(self) -> None:
+        """Binarise and reserve the task's masks, then grow the generator."""
+        self.generator.consolidate_and_expand()
+
+    def generator_size(self) -> tuple[int, list[int]]:
+        body = self.generator.body
+        return sum(layer.active_weight().numel() for layer in body), [layer.out_units for layer in body]
