@@ -14,7 +14,7 @@ from torch import nn
 
 from ..expansion import padded
 from ..ops import reference
-from .policy import MaskPolicy, detach_where, per_row, usage_sum
+from .policy import MaskPolicy, per_row, usage_sum
 
 
 class UnitMask(MaskPolicy):
@@ -90,16 +90,12 @@ class UnitMask(MaskPolicy):
         return self._cached("rows", build)
 
     # -- forward ------------------------------------------------------------------------------
-    def _frozen_bias(self, bias, reserved_units):
-        """The bias, frozen on the reserved units here until the ops take a bias mask."""
-        return None if bias is None else detach_where(bias, reserved_units)
-
     def forward_current(self, op, x, weight, bias, s):
         out_units, in_units = self._units(weight.shape)
         reserved = self.reserved_units(out_units)
         frozen = None if reserved is None else (reserved, self.reserved_in_units(in_units))
         scale = None if self.defer_unit_mask else self._soft(out_units, s)
-        return op(x, weight, self._frozen_bias(bias, reserved), unit_scale=scale, frozen_units=frozen)
+        return op(x, weight, bias, unit_scale=scale, frozen_units=frozen)
 
     def forward_task(self, op, x, task, weight, bias, packing):
         scale = None if self.defer_unit_mask else self._task_units(task, weight.shape[self.out_dim], packing)
