@@ -52,10 +52,12 @@ class UnitMask(MaskPolicy):
         return None if self.in_reserved is None else self.in_reserved[:in_units]
 
     def set_input_reserved(self, reserved_in, in_units, in_capacity) -> None:
-        if reserved_in is not None and reserved_in.shape != (in_units,):
-            raise ValueError(f"reserved_in must have shape ({in_units},), got {tuple(reserved_in.shape)}")
-        self.in_reserved = None if reserved_in is None else padded(
-            reserved_in.to(device=self.unit_logits.device, dtype=torch.bool), (in_capacity,))
+        if reserved_in is not None and not (isinstance(reserved_in, torch.Tensor) and reserved_in.dtype == torch.bool
+                                            and reserved_in.shape == (in_units,)):
+            got = (f"{reserved_in.dtype} of shape {tuple(reserved_in.shape)}" if isinstance(reserved_in, torch.Tensor)
+                   else type(reserved_in).__name__)
+            raise ValueError(f"reserved_in must be None or a bool tensor of shape ({in_units},), got {got}")
+        self.in_reserved = None if reserved_in is None else padded(reserved_in.to(self.unit_logits.device), (in_capacity,))
 
     # -- unit masks ---------------------------------------------------------------------------
     def _soft(self, out_units: int, s: float) -> torch.Tensor:
