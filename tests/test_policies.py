@@ -32,6 +32,14 @@ def _logits(policy, seed):
             p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
 
 
+def _consolidated(p, shapes):
+    """``p`` with task ``k`` consolidated at ``shapes[k]``, each from random logits."""
+    for task, shape in enumerate(shapes):
+        _logits(p, task)
+        p.consolidate(task, shape, bits)
+    return p
+
+
 def _second_task(p):
     """``p`` with task 0 consolidated at ``ACTIVE`` and random logits for task 1."""
     _logits(p, 0)
@@ -134,11 +142,8 @@ def test_weight_mask_packs_the_reserved_bias_once_per_change():
 
 
 def test_weight_mask_rows_widen_old_bits_by_padding_bytes():
-    p = weight_mask(bias=False)
     shapes = [(3, 2, 3), ACTIVE]
-    for task, shape in enumerate(shapes):
-        _logits(p, task)
-        p.consolidate(task, shape, bits)
+    p = _consolidated(weight_mask(bias=False), shapes)
     calls = []
 
     def op(x, weight, bias, **masks):
@@ -154,11 +159,8 @@ def test_weight_mask_rows_widen_old_bits_by_padding_bytes():
 
 
 def test_weight_mask_rows_pass_each_tasks_bias_bits_at_the_current_width():
-    p = weight_mask()
     shapes = [(3, 2, 3), ACTIVE]
-    for task, shape in enumerate(shapes):
-        _logits(p, task)
-        p.consolidate(task, shape, bits)
+    p = _consolidated(weight_mask(), shapes)
     got = p.forward_rows(op_recorder(), torch.zeros(2, 3, 1, 1, dtype=DT), torch.tensor([0, 1]),
                          torch.zeros(ACTIVE, dtype=DT), torch.zeros(4, dtype=DT), shapes, bits)
     assert got["bias_bits"].shape == (2, 4, 1)
@@ -274,11 +276,8 @@ def test_unit_mask_op_arguments_and_deferral():
 
 
 def test_unit_mask_of_each_form():
-    p = unit_mask()
     shapes = [(3, 2, 3), ACTIVE]
-    for task, shape in enumerate(shapes):
-        _logits(p, task)
-        p.consolidate(task, shape, bits)
+    p = _consolidated(unit_mask(), shapes)
     _logits(p, 2)
     current = (5, 4, 3)
     soft = p.unit_mask(None, 0.5, current, shapes, bits)
