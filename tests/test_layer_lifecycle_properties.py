@@ -16,6 +16,7 @@ Each example budget is fixed and derandomised, so CI runs the same examples ever
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ class Life:
         layer, out_dim = self.layer, self.layer._OUT_DIM
         assert layer.task_sizes.shape == (layer.task, 2)
         sizes = [layer.sizes(k) for k in range(layer.task)] + [layer.sizes()]
-        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(sizes, sizes[1:]))  # layers only grow
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in pairwise(sizes))  # layers only grow
         active, capacity = layer.active_weight().shape, layer.weight.shape
         assert (active[out_dim], active[1 - out_dim]) == sizes[-1]
         assert all(a <= c for a, c in zip(active, capacity)) and active[2:] == capacity[2:]
@@ -178,14 +179,14 @@ class Life:
             assert layer.bias.shape == (capacity[out_dim],)
         if self.kind == "weight":
             assert layer.mask_logits.shape == capacity
-            assert layer.bias_logits is None if not self.bias else layer.bias_logits.shape == (capacity[out_dim],)
+            assert (layer.bias_logits is not None) == self.bias
+            assert not self.bias or layer.bias_logits.shape == (capacity[out_dim],)
         else:
             assert layer.unit_logits.shape == (capacity[out_dim],)
         for k in range(layer.task):
-            out_units, in_units = layer.sizes(k)
             shape = layer.active_weight(k).shape
-            expected = (shape[0], packed_cols(math.prod(shape[1:]))) if self.kind == "weight" else (out_units, 1)
-            assert layer.task_bits(k).shape == expected
+            packed = (shape[0], packed_cols(math.prod(shape[1:])))
+            assert layer.task_bits(k).shape == (packed if self.kind == "weight" else (layer.sizes(k)[0], 1))
         assert 0 <= layer.reserved_count() <= layer.capacity()
         assert layer.mask_usage()[1] == layer.capacity() - layer.reserved_count()
         assert y.shape[layer._UNIT_DIM] == layer.out_units and y.shape[0] == 3

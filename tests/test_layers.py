@@ -554,7 +554,8 @@ def test_failed_calls_leave_the_layer_as_it_was(spec, kind):
     other = spec.layer(kind).state_dict()
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     calls = {
-        "expand(out_extra=2.5)": (TypeError, "out_extra must be a non-negative int", lambda: layer.expand(out_extra=2.5)),
+        "expand(out_extra=2.5)": (TypeError, "out_extra must be a non-negative int",
+                                  lambda: layer.expand(out_extra=2.5)),
         "expand(True)": (TypeError, "out_extra", lambda: layer.expand(True, optimizer=opt)),
         "expand(in_extra=-1)": (ValueError, "in_extra must be a non-negative int", lambda: layer.expand(1, -1)),
         "expand(optimizer=...)": (TypeError, "optimizer must be", lambda: layer.expand(1, 1, optimizer="adam")),
@@ -563,7 +564,8 @@ def test_failed_calls_leave_the_layer_as_it_was(spec, kind):
         "s = 0": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", 0)),
         "s = inf": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", float("inf"))),
         "s = True": (TypeError, "s must be a finite positive number", lambda: setattr(layer, "s", True)),
-        "defer_unit_mask = 1": (TypeError, "defer_unit_mask must be a bool", lambda: setattr(layer, "defer_unit_mask", 1)),
+        "defer_unit_mask = 1": (TypeError, "defer_unit_mask must be a bool",
+                                lambda: setattr(layer, "defer_unit_mask", 1)),
         "load of other sizes": (RuntimeError, "size mismatch", lambda: layer.load_state_dict(other)),
         "bad extra state": (ValueError, "out_units must be a positive int",
                             lambda: layer.set_extra_state({"task": 2, "in_units": 4, "out_units": 0, "s": 1.0})),
@@ -572,7 +574,7 @@ def test_failed_calls_leave_the_layer_as_it_was(spec, kind):
         calls["set_input_reserved(ints)"] = (ValueError, "bool tensor of shape",
                                              lambda: layer.set_input_reserved(torch.ones(layer.in_units)))
     before = _state(layer)
-    for name, (error, message, call) in calls.items():
+    for error, message, call in calls.values():
         with pytest.raises(error, match=message):
             call()
         _assert_same_state(layer, before)
@@ -599,7 +601,8 @@ def test_task_ids_are_ints_or_integer_tensors(spec, kind):
     if kind == "activation":
         with pytest.raises(TypeError, match="task must be"):
             layer.unit_mask(True)
-        assert torch.equal(layer.unit_mask(torch.tensor([1, 0], dtype=torch.int16)), layer.unit_mask(torch.tensor([1, 0])))
+        rows = torch.tensor([1, 0])
+        assert torch.equal(layer.unit_mask(rows.to(torch.int16)), layer.unit_mask(rows))
     rows = torch.tensor([1, 0, 1])
     x = _rows_input(spec, layer, rows, kind, seed=3)
     for dtype in (torch.int32, torch.int16, torch.uint8):
@@ -635,7 +638,8 @@ def test_empty_batches_in_every_mode_on_every_backend(spec, kind, cpu_backend):
         in_units = layer.sizes(task if isinstance(task, int) else None)[1]
         x = spec.x(0, in_units).to(dtype).requires_grad_()
         y = layer(x, task=task)
-        full = layer(spec.x(1, in_units).to(dtype), task=task if not isinstance(task, torch.Tensor) else torch.zeros(1).long())
+        one = torch.zeros(1, dtype=torch.long) if isinstance(task, torch.Tensor) else task
+        full = layer(spec.x(1, in_units).to(dtype), task=one)
         assert y.shape == (0,) + full.shape[1:]
         y.sum().backward()
         assert x.grad.shape == x.shape

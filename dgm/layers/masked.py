@@ -49,24 +49,22 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_count(where: str, name: str, value, positive: bool = False) -> int:
-    """``value`` if it is a non-negative (or ``positive``) int, not a bool; else a ``TypeError`` or
+def check_count(where: str, name: str, value, positive: bool = False) -> None:
+    """Raise unless ``value`` is a non-negative (or ``positive``) int, not a bool: a ``TypeError`` or
     ``ValueError`` naming ``name`` and what was expected."""
     expected = "a positive int" if positive else "a non-negative int"
     if not _is_int(value):
         raise TypeError(f"{where}: {name} must be {expected}, got {value!r}")
     if value < int(positive):
         raise ValueError(f"{where}: {name} must be {expected}, got {value}")
-    return value
 
 
-def check_sharpness(value) -> float:
-    """``value`` if it is a finite positive real number (the sharpness ``s``), else an error."""
+def check_sharpness(value) -> None:
+    """Raise unless ``value`` is a finite positive real number (the sharpness ``s``)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"s must be a finite positive number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"s must be a finite positive number, got {value!r}")
-    return value
 
 
 @contextlib.contextmanager
@@ -422,7 +420,8 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         check_count(where, "out_extra", out_extra)
         check_count(where, "in_extra", in_extra)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"{where}: optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+            raise TypeError(f"{where}: optimizer must be a torch.optim.Optimizer or None, "
+                            f"got {type(optimizer).__name__}")
         if getattr(self, "groups", 1) != 1 and (out_extra or in_extra):
             raise ValueError("expand: grouped convolutions cannot grow")
         if not (out_extra or in_extra):
@@ -489,7 +488,8 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             self.policy.upgrade_state(state_dict, prefix, prefix + "policy.", tuple(capacity))
         mismatches = [] if self._resize_on_load else self._size_mismatches(state_dict, prefix)
         if mismatches:  # raised before anything is loaded, so the layer stays as it was
-            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t" + "\n\t".join(mismatches)
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                               + "\n\t".join(mismatches)
                                + "\n\tLoad with resize=True (or within dgm.layers.resizing(model)) to take its sizes.")
         # A layer that has consolidated or grown has other shapes than a new one: take them from the
         # state dict before loading the values.

@@ -57,7 +57,8 @@ class UnitMask(MaskPolicy):
             got = (f"{reserved_in.dtype} of shape {tuple(reserved_in.shape)}" if isinstance(reserved_in, torch.Tensor)
                    else type(reserved_in).__name__)
             raise ValueError(f"reserved_in must be None or a bool tensor of shape ({in_units},), got {got}")
-        self.in_reserved = None if reserved_in is None else padded(reserved_in.to(self.unit_logits.device), (in_capacity,))
+        self.in_reserved = (None if reserved_in is None
+                            else padded(reserved_in.to(self.unit_logits.device), (in_capacity,)))
 
     # -- unit masks ---------------------------------------------------------------------------
     def _soft(self, out_units: int, s: float) -> torch.Tensor:
