@@ -47,6 +47,7 @@ DGM_HD A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
 
 // A weight matrix and its mask, both as row-strided 2-D views (rows = dim 0, cols = the rest,
 // contiguous within a row): W_eff = W * m with m = sigmoid(s * logits), the packed bits, or 1.
+// Packed bits are row-strided too (a row's bytes contiguous, rows ld* bytes apart).
 template <typename T>
 struct MaskedWeight {
   const T* weight;
@@ -54,6 +55,7 @@ struct MaskedWeight {
   const T* logits;       // soft mask, or null
   int64_t ldl;
   const uint8_t* bits;   // packed binary mask [rows, nbytes], or null
+  int64_t ldb;
   double s;
   int64_t rows, cols, nbytes;
 };
@@ -61,14 +63,14 @@ struct MaskedWeight {
 // The same arguments with the storage type attached (launchers receive them as void pointers).
 template <typename T>
 MaskedWeight<T> typed(const MaskedWeight<void>& a) {
-  return {static_cast<const T*>(a.weight), a.ldw, static_cast<const T*>(a.logits), a.ldl, a.bits, a.s,
+  return {static_cast<const T*>(a.weight), a.ldw, static_cast<const T*>(a.logits), a.ldl, a.bits, a.ldb, a.s,
           a.rows, a.cols, a.nbytes};
 }
 
 template <typename A, typename T>
 DGM_HD A mask_at(const MaskedWeight<T>& a, int64_t r, int64_t c) {
   if (a.logits) return sigmoid<A>(A(a.s) * to_acc<A>(a.logits[r * a.ldl + c]));
-  if (a.bits) return bit_at(a.bits + r * a.nbytes, c) ? A(1) : A(0);
+  if (a.bits) return bit_at(a.bits + r * a.ldb, c) ? A(1) : A(0);
   return A(1);
 }
 
@@ -86,7 +88,8 @@ template <typename T>
 struct MaskedWeightGrad {
   MaskedWeight<T> w;
   const T* grad;
-  const uint8_t* frozen_bits;
+  const uint8_t* frozen_bits;  // packed [rows, nbytes], rows ldf bytes apart, or null
+  int64_t ldf;
   bool unit_frozen;
   const uint8_t* row_flags;
   const uint8_t* col_flags;
@@ -97,13 +100,13 @@ struct MaskedWeightGrad {
 
 template <typename T>
 MaskedWeightGrad<T> typed(const MaskedWeightGrad<void>& a) {
-  return {typed<T>(a.w), static_cast<const T*>(a.grad), a.frozen_bits, a.unit_frozen, a.row_flags, a.col_flags,
+  return {typed<T>(a.w), static_cast<const T*>(a.grad), a.frozen_bits, a.ldf, a.unit_frozen, a.row_flags, a.col_flags,
           a.inner, static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_logits)};
 }
 
 template <typename T>
 DGM_HD bool frozen_at(const MaskedWeightGrad<T>& a, int64_t r, int64_t c) {
-  if (a.frozen_bits) return bit_at(a.frozen_bits + r * a.w.nbytes, c);
+  if (a.frozen_bits) return bit_at(a.frozen_bits + r * a.ldf, c);
   if (!a.unit_frozen) return false;
   return (!a.row_flags || a.row_flags[r]) && (!a.col_flags || a.col_flags[c / a.inner]);
 }

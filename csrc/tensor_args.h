@@ -51,7 +51,8 @@ inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char*
               ref.device());
 }
 
-// Packed bits of a mask of `like`'s shape: uint8 [rows, ceil(cols / 8)] on `like`'s device.
+// Packed bits of a mask of `like`'s shape: uint8 [rows, ceil(cols / 8)] on `like`'s device,
+// row-strided as they come (a layer's reserved bits are a view of the storage's), else a copy.
 inline at::Tensor checked_bits(const at::Tensor& bits, const at::Tensor& like, const char* op, const char* name) {
   auto [rows, cols] = matrix_shape(like);
   TORCH_CHECK(bits.scalar_type() == at::kByte, op, ": ", name, " must be packed uint8 bits, got ",
@@ -60,7 +61,7 @@ inline at::Tensor checked_bits(const at::Tensor& bits, const at::Tensor& like, c
               " of shape ", bits.sizes(), " do not pack a mask of shape ", like.sizes(), "; expected (", rows, ", ",
               packed_cols(cols), ")");
   check_device(bits, like, op, name);
-  return bits.contiguous();
+  return row_strided(bits);
 }
 
 // A bool (or uint8 0/1) per unit, `size` of them.
@@ -115,7 +116,7 @@ inline MaskedWeightInputs masked_weight_inputs(const at::Tensor& weight_in, cons
   MaskedWeightInputs in;
   in.weight = row_strided(weight_in);
   auto [rows, cols] = matrix_shape(in.weight);
-  in.args = {in.weight.data_ptr(), row_stride(in.weight), nullptr, 0, nullptr, s, rows, cols, packed_cols(cols)};
+  in.args = {in.weight.data_ptr(), row_stride(in.weight), nullptr, 0, nullptr, 0, s, rows, cols, packed_cols(cols)};
   if (logits_in) {
     TORCH_CHECK(logits_in->sizes() == weight_in.sizes(), op, ": logits of shape ", logits_in->sizes(),
                 " do not match the weight's ", weight_in.sizes());
@@ -129,6 +130,7 @@ inline MaskedWeightInputs masked_weight_inputs(const at::Tensor& weight_in, cons
   if (bits_in) {
     in.bits = checked_bits(*bits_in, weight_in, op, "bits");
     in.args.bits = in.bits.data_ptr<uint8_t>();
+    in.args.ldb = row_stride(in.bits);
   }
   return in;
 }
@@ -171,10 +173,11 @@ std::tuple<at::Tensor, at::Tensor> masked_weight_backward_op(
               ": give frozen_bits (DGMw) or frozen units (DGMa), not both");
   TORCH_CHECK(!frozen_in || frozen_out, op, ": frozen_in needs frozen_out");
   in.grad = grad.contiguous();
-  in.args = {in.w.args, in.grad.data_ptr(), nullptr, false, nullptr, nullptr, 1, nullptr, nullptr};
+  in.args = {in.w.args, in.grad.data_ptr(), nullptr, 0, false, nullptr, nullptr, 1, nullptr, nullptr};
   if (frozen_bits) {
     in.frozen_bits = checked_bits(*frozen_bits, weight, op, "frozen_bits");
     in.args.frozen_bits = in.frozen_bits.data_ptr<uint8_t>();
+    in.args.ldf = row_stride(in.frozen_bits);
   }
   if (frozen_out) {
     TORCH_CHECK(weight.dim() >= 2, op, ": frozen units need a weight with unit dims 0 and 1, got shape ",
@@ -234,7 +237,7 @@ inline std::vector<AdamParam> adam_inputs(at::TensorList params, at::TensorList 
     std::optional<at::Tensor> r = reserved.get(i);
     if (r) {
       TORCH_CHECK(p.dim() >= 1, op, ": reserved bits need a parameter with at least one dimension");
-      a.reserved = checked_bits(*r, p, op, "reserved");
+      a.reserved = checked_bits(*r, p, op, "reserved").contiguous();  // read at the packed row length
     }
     out.push_back(std::move(a));
   }

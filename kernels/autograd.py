@@ -47,8 +47,9 @@ def register(op, names: tuple[str, ...], backward_op, extra: tuple[str, ...] = (
 
 
 def _units_of(t: Tensor, like: Tensor) -> Tensor:
-    """Per-unit ``[out]`` or per-row ``[B, out]`` values shaped to broadcast against ``like``."""
-    return t.reshape((t.shape[0] if t.dim() == 2 else 1, -1) + (1,) * (like.dim() - 2))
+    """Per-unit ``[out]`` or per-row ``[B, out]`` values shaped to broadcast against ``like`` (sizes
+    spelled out: an empty batch has no ``-1`` to infer)."""
+    return t.reshape((t.shape[0] if t.dim() == 2 else 1, t.shape[-1]) + (1,) * (like.dim() - 2))
 
 
 def _bias_bit(bias_bits: Tensor) -> Tensor:

@@ -33,6 +33,9 @@ def test_annealing_sharpness_compiles_at_most_twice(kind, mask, cpu_backend, req
                                                                   "compilation per value (module doc)"))
     torch.manual_seed(0)
     layer, x = _layer(kind, mask, cpu_backend)
+    with torch.no_grad():
+        for p in layer.logits():
+            p.normal_()
     layer.consolidate()  # a reserved mask: the frozen path is compiled too
     torch._dynamo.reset()
     counters.clear()

@@ -93,6 +93,7 @@ def test_drop_in_with_all_ones_mask(spec, kind):
     layer.s = layer.s_max
     x = spec.x(3, spec.args[0], seed=1)
     assert torch.equal(layer(x), twin(x))
+    assert torch.equal(layer(x[0]), twin(x[0]))  # an unbatched input too
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -317,7 +318,7 @@ def test_state_dict_round_trip_into_a_fresh_layer(spec, kind, bias):
     layer, _ = _train_three_widths(spec, kind, bias)
     layer.s = 3.0
     fresh = spec.layer(kind, bias)
-    fresh.load_state_dict(layer.state_dict())
+    fresh.load_state_dict(layer.state_dict(), resize=True)
     assert fresh.task == layer.task and [fresh.sizes(t) for t in range(3)] == [layer.sizes(t) for t in range(3)]
     for task in range(layer.task + 1):
         x = spec.x(2, layer.sizes(task)[1], seed=70 + task)
@@ -358,7 +359,7 @@ def test_version_1_state_dict_loads(spec, kind, bias):
     old = _as_version_1(layer)
     assert any(k.startswith("reserved_") for k in old) and not any(k.startswith("policy.") for k in old)
     fresh = spec.layer(kind, bias)
-    fresh.load_state_dict(old)
+    fresh.load_state_dict(old, resize=True)
     assert fresh.state_dict().keys() == layer.state_dict().keys()
     for key, value in layer.state_dict().items():
         if isinstance(value, torch.Tensor):
@@ -392,6 +393,7 @@ def test_deferred_unit_mask_leaves_masking_to_the_owner(spec):
 
 def test_extra_repr_mentions_mask_and_task():
     layer = dgm.MaskedConvTranspose2d(3, 4, 4, 2, 1, mask="activation", backend="reference")
+    _randomise_logits(layer, 1)
     layer.consolidate()
     text = repr(layer)
     assert "mask='activation'" in text and "task=1" in text and "kernel_size=(4, 4)" in text
@@ -423,8 +425,9 @@ def test_rejects_tasks_never_trained(spec, kind):
         layer(x, task=1)
     with pytest.raises(ValueError, match="task"):
         layer(x, task=-1)
-    with pytest.raises(ValueError, match="never consolidated"):
+    with pytest.raises(ValueError, match="never consolidated: no task has been consolidated yet"):
         layer.task_bits(0)
+    _randomise_logits(layer, 1)
     layer.consolidate()
     with pytest.raises(ValueError, match="never consolidated"):
         layer.task_bits(1)
@@ -436,14 +439,20 @@ def test_rejects_tasks_never_trained(spec, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_rejects_bad_per_row_ids(spec, kind):
     layer = spec.layer(kind)
-    layer.consolidate()
     x = spec.x(2, spec.args[0])
+    with pytest.raises(ValueError, match="no task has been consolidated yet"):
+        layer(x, task=torch.tensor([0, 0]))
+    _randomise_logits(layer, 1)
+    layer.consolidate()
     for rows in (torch.tensor([0, 1]), torch.tensor([-1, 0])):  # 1 is the task being learned
-        with pytest.raises(ValueError, match="consolidated tasks"):
+        with pytest.raises(ValueError, match=r"consolidated tasks: consolidated tasks are 0\.\.0"):
             layer(x, task=rows)
-    for rows in (torch.tensor([0, 0, 0]), torch.tensor([0, 0], dtype=torch.int32), torch.zeros(2, 1).long()):
-        with pytest.raises(ValueError, match="long tensor of shape"):
+    for rows in (torch.tensor([0, 0, 0]), torch.tensor([0.0, 0.0]), torch.tensor([False, False]),
+                 torch.zeros(2, 1).long()):
+        with pytest.raises(ValueError, match=r"integer tensor of shape \(2,\)"):
             layer(x, task=rows)
+    with pytest.raises(ValueError, match="batched input"):
+        layer(x[0], task=torch.tensor([0]))
 
 
 def test_rejects_bad_construction():
@@ -465,7 +474,7 @@ def test_rejects_bad_construction():
 
 def test_rejects_bad_growth_and_input_reservation():
     layer = dgm.MaskedLinear(3, 4, mask="activation", backend="reference")
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="out_extra must be a non-negative int"):
         layer.expand(-1, 0)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         layer.set_input_reserved(torch.ones(4, dtype=torch.bool))
@@ -486,3 +495,151 @@ def test_grouped_conv_weight_mask_equals_plain_conv():
     m = bits.unpack(layer.task_bits(0), layer.weight.shape).to(DT)
     torch.testing.assert_close(layer(x, task=0), F.conv2d(x, twin.weight * m, twin.bias * layer.reserved_bias,
                                                           padding=1, groups=2), rtol=1e-12, atol=1e-12)
+
+
+# -- the layer API as torch.nn's: sizes on load, atomic failures, strict arguments -------------------
+
+def _state(layer):
+    """Everything a failed call must leave as it was: the state dict (tensors cloned, extra state
+    copied), the parameter objects an optimiser holds, the version."""
+    state = {k: v.clone() if isinstance(v, torch.Tensor) else dict(v) for k, v in layer.state_dict().items()}
+    return state, [id(p) for p in layer.parameters()], layer.version
+
+
+def _assert_same_state(layer, before):
+    state, params, version = _state(layer)
+    assert state.keys() == before[0].keys()
+    for key, value in state.items():
+        same = torch.equal(value, before[0][key]) if isinstance(value, torch.Tensor) else value == before[0][key]
+        assert same, key
+    assert params == before[1] and version == before[2]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_of_other_sizes_raises_unless_asked_to_resize(spec, kind):
+    grown, _ = _train_three_widths(spec, kind)
+    fresh = spec.layer(kind)
+    before = _state(fresh)
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight(.|\n)*resize=True"):
+        fresh.load_state_dict(grown.state_dict())
+    _assert_same_state(fresh, before)
+    model = nn.Sequential(spec.layer(kind))
+    with pytest.raises(RuntimeError, match=r"size mismatch for 0\.weight"):
+        model.load_state_dict(nn.Sequential(grown).state_dict())
+    with dgm.layers.resizing(model), dgm.layers.resizing(model):  # blocks nest
+        model.load_state_dict(nn.Sequential(grown).state_dict())
+    assert model[0].sizes() == grown.sizes() and not model[0]._resize_on_load
+    x = spec.x(2, grown.in_units)
+    assert torch.equal(model[0](x), grown(x))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_of_the_same_sizes_with_more_tasks_needs_no_resize(kind):
+    layer = dgm.MaskedLinear(5, 7, mask=kind, backend="reference", dtype=DT)
+    _randomise_logits(layer, 1)
+    layer.consolidate()
+    fresh = dgm.MaskedLinear(5, 7, mask=kind, backend="reference", dtype=DT)
+    params = list(fresh.parameters())
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.task == 1 and all(p is q for p, q in zip(fresh.parameters(), params))
+    x = torch.randn(3, 5, dtype=DT)
+    assert torch.equal(fresh(x, task=0), layer(x, task=0))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_failed_calls_leave_the_layer_as_it_was(spec, kind):
+    layer, _ = _train_three_widths(spec, kind)
+    other = spec.layer(kind).state_dict()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    calls = {
+        "expand(out_extra=2.5)": (TypeError, "out_extra must be a non-negative int",
+                                  lambda: layer.expand(out_extra=2.5)),
+        "expand(True)": (TypeError, "out_extra", lambda: layer.expand(True, optimizer=opt)),
+        "expand(in_extra=-1)": (ValueError, "in_extra must be a non-negative int", lambda: layer.expand(1, -1)),
+        "expand(optimizer=...)": (TypeError, "optimizer must be", lambda: layer.expand(1, 1, optimizer="adam")),
+        "s = nan": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", float("nan"))),
+        "s = -1": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", -1.0)),
+        "s = 0": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", 0)),
+        "s = inf": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", float("inf"))),
+        "s = True": (TypeError, "s must be a finite positive number", lambda: setattr(layer, "s", True)),
+        "defer_unit_mask = 1": (TypeError, "defer_unit_mask must be a bool",
+                                lambda: setattr(layer, "defer_unit_mask", 1)),
+        "load of other sizes": (RuntimeError, "size mismatch", lambda: layer.load_state_dict(other)),
+        "bad extra state": (ValueError, "out_units must be a positive int",
+                            lambda: layer.set_extra_state({"task": 2, "in_units": 4, "out_units": 0, "s": 1.0})),
+    }
+    if kind == "activation":
+        calls["set_input_reserved(ints)"] = (ValueError, "bool tensor of shape",
+                                             lambda: layer.set_input_reserved(torch.ones(layer.in_units)))
+    before = _state(layer)
+    for error, message, call in calls.values():
+        with pytest.raises(error, match=message):
+            call()
+        _assert_same_state(layer, before)
+    with torch.no_grad():
+        for p in layer.logits():
+            p.zero_()
+    before = _state(layer)
+    with pytest.raises(ValueError, match="nothing was learned for task 2"):
+        layer.consolidate()
+    _assert_same_state(layer, before)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_task_ids_are_ints_or_integer_tensors(spec, kind):
+    layer, _ = _train_three_widths(spec, kind)
+    x = spec.x(3, layer.in_units)
+    for task in (True, 1.0, "1", torch.tensor(1)):
+        with pytest.raises((TypeError, ValueError), match="task"):
+            layer(x, task=task)
+    for call in (lambda: layer.sizes(True), lambda: layer.active_weight(1.0), lambda: layer.task_bits(False)):
+        with pytest.raises(TypeError, match="must be"):
+            call()
+    if kind == "activation":
+        with pytest.raises(TypeError, match="task must be"):
+            layer.unit_mask(True)
+        rows = torch.tensor([1, 0])
+        assert torch.equal(layer.unit_mask(rows.to(torch.int16)), layer.unit_mask(rows))
+    rows = torch.tensor([1, 0, 1])
+    x = _rows_input(spec, layer, rows, kind, seed=3)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(layer(x, task=rows.to(dtype)), layer(x, task=rows))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_input_as_torch_nn(spec, kind):
+    layer, _ = _train_three_widths(spec, kind)
+    layer.s = 2.0
+    for task in (None, 1):
+        x = spec.x(2, layer.sizes(task)[1], seed=4)
+        y = layer(x[0], task=task)
+        assert y.shape == layer(x, task=task).shape[1:]
+        torch.testing.assert_close(y, layer(x[:1], task=task)[0], rtol=1e-12, atol=1e-12)
+    bad = spec.x(2, layer.in_units)[None] if spec.name != "linear" else torch.zeros((), dtype=DT)
+    with pytest.raises(ValueError, match="unbatched"):
+        layer(bad)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batches_in_every_mode_on_every_backend(spec, kind, cpu_backend):
+    """Forward and backward of an empty batch: the task being learned, an earlier task, per-row."""
+    dtype = torch.float32 if cpu_backend == "triton" else DT
+    layer = spec.masked(*spec.args, **spec.kwargs, mask=kind, backend=cpu_backend, dtype=dtype)
+    _randomise_logits(layer, 1)
+    layer.consolidate()
+    layer.expand(1, 1)
+    _randomise_logits(layer, 2)
+    for task in (None, 0, torch.zeros(0, dtype=torch.long)):
+        in_units = layer.sizes(task if isinstance(task, int) else None)[1]
+        x = spec.x(0, in_units).to(dtype).requires_grad_()
+        y = layer(x, task=task)
+        one = torch.zeros(1, dtype=torch.long) if isinstance(task, torch.Tensor) else task
+        full = layer(spec.x(1, in_units).to(dtype), task=one)
+        assert y.shape == (0,) + full.shape[1:]
+        y.sum().backward()
+        assert x.grad.shape == x.shape

@@ -150,6 +150,10 @@ def test_guard_without_reserved_entries_changes_nothing(opt_name, consolidated):
     torch.manual_seed(7)
     net = Net("weight")
     if consolidated:  # a consolidated task whose mask took nothing: logits all <= 0
+        with torch.no_grad():
+            for layer in net.layers:
+                for p in layer.logits():
+                    p.fill_(-1.0)
         net.consolidate()
         assert reserved_masks(net) == {}
     twin = copy.deepcopy(net)

@@ -32,6 +32,14 @@ def _logits(policy, seed):
             p.copy_(torch.randn(p.shape, generator=g, dtype=DT))
 
 
+def _consolidated(p, shapes):
+    """``p`` with task ``k`` consolidated at ``shapes[k]``, each from random logits."""
+    for task, shape in enumerate(shapes):
+        _logits(p, task)
+        p.consolidate(task, shape, bits)
+    return p
+
+
 def _second_task(p):
     """``p`` with task 0 consolidated at ``ACTIVE`` and random logits for task 1."""
     _logits(p, 0)
@@ -100,6 +108,7 @@ def test_weight_mask_consolidates_into_bits_and_the_reserved_union():
 
 
 def test_weight_mask_op_arguments():
+    """The op gets the bias with its mask and freeze: the layer masks nothing itself."""
     p = _second_task(weight_mask())
     op, x = op_recorder(), torch.zeros(1)
     weight = torch.randn(CAPACITY, dtype=DT)[:4, :3].requires_grad_()
@@ -107,21 +116,34 @@ def test_weight_mask_op_arguments():
     got = p.forward_current(op, x, weight, bias, 2.5)
     assert got["logits"].shape == ACTIVE and got["logits"].data_ptr() == p.mask_logits.data_ptr()
     assert got["s"] == 2.5 and torch.equal(got["frozen_bits"], p.reserved_bits(ACTIVE))
-    torch.testing.assert_close(got["bias"], bias * torch.sigmoid(2.5 * p.bias_logits[:4]), rtol=0, atol=0)
-    got["bias"].sum().backward()  # the reserved bias entries are frozen
-    assert torch.all(bias.grad[p.reserved_bias(4)] == 0) and torch.all(bias.grad[~p.reserved_bias(4)] != 0)
+    assert got["bias"] is bias and got["bias_logits"].data_ptr() == p.bias_logits.data_ptr()
+    assert got["bias_logits"].shape == (4,) and torch.equal(got["frozen_bias_bits"], bits.pack(p.reserved_bias(4)))
+    assert p.forward_current(op, x, weight, bias, 2.5)["frozen_bias_bits"] is not None
+    assert p.forward_current(op, x, weight, None, 2.5).keys() == {"x", "weight", "bias", "logits", "s", "frozen_bits"}
 
     got = p.forward_task(op, x, 0, weight.detach(), bias.detach(), bits)
-    assert torch.equal(got["bits"], p.task_bits(0))
-    assert torch.equal(got["bias"], bias.detach() * bits.unpack(p.bias_bits_0, (4,)).to(DT))
+    assert torch.equal(got["bits"], p.task_bits(0)) and got["bias_bits"] is p.bias_bits_0
+    assert p.forward_task(op, x, 0, weight.detach(), None, bits)["bias_bits"] is None
+
+
+def test_weight_mask_packs_the_reserved_bias_once_per_change():
+    p = _second_task(weight_mask())
+    op, x, weight = op_recorder(), torch.zeros(1), torch.zeros(ACTIVE, dtype=DT)
+    first = p.forward_current(op, x, weight, torch.zeros(4, dtype=DT), 1.0)["frozen_bias_bits"]
+    again = p.forward_current(op, x, weight, torch.zeros(4, dtype=DT), 1.0)["frozen_bias_bits"]
+    assert again.data_ptr() == first.data_ptr()  # cached, not packed per step
+    wider = p.forward_current(op, x, weight, torch.zeros(5, dtype=DT), 1.0)["frozen_bias_bits"]
+    assert wider.shape == (5, 1) and wider.data_ptr() == first.data_ptr()  # the active rows of one packing
+    _logits(p, 2)
+    p.consolidate(1, ACTIVE, bits)
+    p.changed()
+    after = p.forward_current(op, x, weight, torch.zeros(4, dtype=DT), 1.0)["frozen_bias_bits"]
+    assert torch.equal(after, bits.pack(p.reserved_bias(4)))
 
 
 def test_weight_mask_rows_widen_old_bits_by_padding_bytes():
-    p = weight_mask(bias=False)
     shapes = [(3, 2, 3), ACTIVE]
-    for task, shape in enumerate(shapes):
-        _logits(p, task)
-        p.consolidate(task, shape, bits)
+    p = _consolidated(weight_mask(bias=False), shapes)
     calls = []
 
     def op(x, weight, bias, **masks):
@@ -133,7 +155,17 @@ def test_weight_mask_rows_widen_old_bits_by_padding_bytes():
     stacked = calls[0]["bits"]
     for task, shape in enumerate(shapes):  # the byte padding is the bit padding
         assert torch.equal(stacked[task], bits.pack(padded(bits.unpack(p.task_bits(task), shape), ACTIVE)))
-    assert calls[0]["row_task"] is row_task
+    assert calls[0]["row_task"] is row_task and calls[0]["bias_bits"] is None
+
+
+def test_weight_mask_rows_pass_each_tasks_bias_bits_at_the_current_width():
+    shapes = [(3, 2, 3), ACTIVE]
+    p = _consolidated(weight_mask(), shapes)
+    got = p.forward_rows(op_recorder(), torch.zeros(2, 3, 1, 1, dtype=DT), torch.tensor([0, 1]),
+                         torch.zeros(ACTIVE, dtype=DT), torch.zeros(4, dtype=DT), shapes, bits)
+    assert got["bias_bits"].shape == (2, 4, 1)
+    assert torch.equal(got["bias_bits"][0], padded(p.bias_bits_0, (4, 1))) and not got["bias_bits"][0, 3:].any()
+    assert torch.equal(got["bias_bits"][1], p.bias_bits_1)
 
 
 def test_weight_mask_usage_is_the_free_share_of_the_soft_mask():
@@ -235,8 +267,7 @@ def test_unit_mask_op_arguments_and_deferral():
     got = p.forward_current(op, x, weight, bias, 1.5)
     torch.testing.assert_close(got["unit_scale"], torch.sigmoid(1.5 * p.unit_logits[:4]), rtol=0, atol=0)
     assert torch.equal(got["frozen_units"][0], p.reserved_units(4)) and got["frozen_units"][1] is None
-    got["bias"].sum().backward()
-    assert torch.all(bias.grad[p.reserved_units(4)] == 0)
+    assert got["bias"] is bias  # the op freezes the bias of the reserved units (frozen_units[0])
     got = p.forward_task(op, x, 0, weight, bias.detach(), bits)
     assert torch.equal(got["unit_scale"], p.reserved_units(4).to(DT))
     p.defer_unit_mask = True  # the owner applies the mask after its norm
@@ -245,11 +276,8 @@ def test_unit_mask_op_arguments_and_deferral():
 
 
 def test_unit_mask_of_each_form():
-    p = unit_mask()
     shapes = [(3, 2, 3), ACTIVE]
-    for task, shape in enumerate(shapes):
-        _logits(p, task)
-        p.consolidate(task, shape, bits)
+    p = _consolidated(unit_mask(), shapes)
     _logits(p, 2)
     current = (5, 4, 3)
     soft = p.unit_mask(None, 0.5, current, shapes, bits)

@@ -9,6 +9,7 @@ from .masked import DEFAULT_S_MAX, MaskedLayer
 
 class _MaskedConv(MaskedLayer):
     _UNIT_DIM = 1
+    _INPUT_DIMS = (3, 4)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                  mask, backend, s_max, weight_init, device, dtype, output_padding=0):

@@ -16,6 +16,7 @@ class MaskedLinear(MaskedLayer):
     _OP = "linear"
     _OUT_DIM = 0
     _UNIT_DIM = -1
+    _INPUT_DIMS = (1, None)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mask: str = "weight",
                  backend: str = "auto", s_max: float = DEFAULT_S_MAX, weight_init=None, device=None, dtype=None):

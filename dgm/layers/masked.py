@@ -19,7 +19,9 @@ keeps its output bit-identical however much the layer grows later.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -43,6 +45,42 @@ def _fan_in(shape) -> int:
     return math.prod(shape[1:])
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_count(where: str, name: str, value, positive: bool = False) -> None:
+    """Raise unless ``value`` is a non-negative (or ``positive``) int, not a bool: a ``TypeError`` or
+    ``ValueError`` naming ``name`` and what was expected."""
+    expected = "a positive int" if positive else "a non-negative int"
+    if not _is_int(value):
+        raise TypeError(f"{where}: {name} must be {expected}, got {value!r}")
+    if value < int(positive):
+        raise ValueError(f"{where}: {name} must be {expected}, got {value}")
+
+
+def check_sharpness(value) -> None:
+    """Raise unless ``value`` is a finite positive real number (the sharpness ``s``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"s must be a finite positive number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"s must be a finite positive number, got {value!r}")
+
+
+@contextlib.contextmanager
+def resizing(module: nn.Module):
+    """Within the block, ``module.load_state_dict`` gives the masked layers in ``module`` the sizes
+    of the state dict (:meth:`MaskedLayer.load_state_dict` with ``resize=True``, for a whole model)."""
+    saved = [(m, m._resize_on_load) for m in module.modules() if isinstance(m, MaskedLayer)]
+    for layer, _ in saved:
+        layer._resize_on_load = True
+    try:
+        yield module
+    finally:
+        for layer, before in saved:  # blocks may nest (a generator's load inside a model's)
+            layer._resize_on_load = before
+
+
 def _refresh_after_load(layer: MaskedLayer, incompatible_keys) -> None:
     """Load post-hook: the policy loads after the layer, so the counts are re-read here."""
     layer._changed()
@@ -59,6 +97,8 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
     _OP: str
     _OUT_DIM: int
     _UNIT_DIM: int
+    _INPUT_DIMS: tuple[int, int | None]  # dims of an unbatched input, of a batched one (None: any more)
+    _resize_on_load = False  # set by resizing()
     # State dict version 2: the policy's tensors under ``policy.``, reserved ones at the capacity.
     # Version 1 had them as the layer's own, reserved ones at the active size; they still load.
     _version = 2
@@ -68,10 +108,10 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         super().__init__()
         if mask not in MASK_KINDS:
             raise ValueError(f"mask must be one of {MASK_KINDS}, got {mask!r}")
-        if in_units <= 0 or out_units <= 0:
-            raise ValueError(f"in and out sizes must be positive, got in={in_units}, out={out_units}")
-        if s_max < 1:
-            raise ValueError(f"s_max must be >= 1, got {s_max}")
+        if not (_is_int(in_units) and _is_int(out_units)) or in_units <= 0 or out_units <= 0:
+            raise ValueError(f"in and out sizes must be positive ints, got in={in_units!r}, out={out_units!r}")
+        if isinstance(s_max, bool) or not isinstance(s_max, numbers.Real) or not (math.isfinite(s_max) and s_max >= 1):
+            raise ValueError(f"s_max must be a finite number >= 1, got {s_max!r}")
         self.backend = ops.check_backend(backend)
         self.s_max = float(s_max)
         self.s = 1.0 / self.s_max
@@ -93,6 +133,11 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self.reset_parameters()
         self._recount()
 
+    def __setattr__(self, name: str, value) -> None:
+        if name == "s":  # every write of the sharpness (user, schedule, state dict) is checked
+            check_sharpness(value)
+        super().__setattr__(name, value)
+
     @property
     def mask(self) -> str:
         """``"weight"`` (DGMw) or ``"activation"`` (DGMa)."""
@@ -106,7 +151,9 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
 
     @defer_unit_mask.setter
     def defer_unit_mask(self, value: bool) -> None:
-        self.policy.defer_unit_mask = bool(value)
+        if not isinstance(value, bool):
+            raise TypeError(f"defer_unit_mask must be a bool, got {value!r}")
+        self.policy.defer_unit_mask = value
 
     # -- shapes -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -122,9 +169,10 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
 
     def sizes(self, task: int | None = None) -> tuple[int, int]:
         """``(out_units, in_units)`` used by ``task`` (default: the task being learned)."""
+        if task is not None:
+            self._check_task(task)
         if task is None or task == self.task:
             return self.out_units, self.in_units
-        self._check_task(task)
         return self._sizes[task]
 
     def active_weight(self, task: int | None = None) -> torch.Tensor:
@@ -136,9 +184,33 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         return None if self.bias is None else self.bias[:out_units]
 
     def _check_task(self, task) -> None:
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task <= self.task:
-            raise ValueError(f"task must be an int in [0, {self.task}] (the consolidated tasks and the "
-                             f"current one), got {task!r}")
+        if not _is_int(task):
+            raise TypeError(f"{type(self).__name__}: task must be None (the task being learned), an int or, for "
+                            f"forward and unit_mask, a 1-D integer tensor of per-row ids; got {task!r}")
+        if not 0 <= task <= self.task:
+            raise ValueError(f"{type(self).__name__}: task must be an int in [0, {self.task}] (the consolidated "
+                             f"tasks and the current one), got {task!r}")
+
+    def _consolidated(self) -> str:
+        return (f"consolidated tasks are 0..{self.task - 1}" if self.task
+                else "no task has been consolidated yet")
+
+    def _check_row_ids(self, row_task: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """Per-row task ids checked (a 1-D integer tensor, of ``batch`` rows if given, naming
+        consolidated tasks), as a long tensor."""
+        name = type(self).__name__
+        dtype = row_task.dtype
+        integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+        if not integer or row_task.dim() != 1 or (batch is not None and row_task.shape[0] != batch):
+            rows = f"({batch},)" if batch is not None else "(batch,)"
+            raise ValueError(f"{name}: per-row task ids must be an integer tensor of shape {rows}, got {dtype} "
+                             f"of shape {tuple(row_task.shape)}")
+        if row_task.device != self.weight.device:
+            raise ValueError(f"{name}: per-row task ids are on {row_task.device} but the layer is on "
+                             f"{self.weight.device}")
+        if row_task.numel() and not (self.task and 0 <= int(row_task.min()) <= int(row_task.max()) < self.task):
+            raise ValueError(f"{name}: per-row task ids must name consolidated tasks: {self._consolidated()}")
+        return row_task.long()
 
     # -- parameters ---------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -172,9 +244,11 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
 
     def task_bits(self, task: int) -> torch.Tensor:
         """Packed binary mask of consolidated ``task``: its weight bits (DGMw) or unit bits (DGMa)."""
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.task:
-            raise ValueError(f"task {task!r} was never consolidated: stored masks are for tasks "
-                             f"0..{self.task - 1}")
+        if not _is_int(task):
+            raise TypeError(f"{type(self).__name__}.task_bits: task must be an int, got {task!r}")
+        if not 0 <= task < self.task:
+            raise ValueError(f"{type(self).__name__}.task_bits: task {task} was never consolidated: "
+                             f"{self._consolidated()}")
         return self.policy.task_bits(task)
 
     def logits(self) -> list[nn.Parameter]:
@@ -217,17 +291,25 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         """Run under the mask of ``task``: ``None`` (or the current id) for the task being learned,
         with the soft mask at sharpness ``self.s``; an earlier task id for its binary mask, on the
         units it had; or a per-row tensor of earlier task ids (replay in one call, all rows at the
-        current width, each row's units outside its task masked to zero)."""
+        current width, each row's units outside its task masked to zero). As in ``torch.nn``, an
+        unbatched input (1-D for linear, 3-D for conv) is a batch of one."""
         self._check_input(x)
+        if x.dim() == self._INPUT_DIMS[0]:
+            if isinstance(task, torch.Tensor):
+                raise ValueError(f"{type(self).__name__}: per-row task ids need a batched input, got shape "
+                                 f"{tuple(x.shape)}")
+            return self.forward(x.unsqueeze(0), task).squeeze(0)
         if isinstance(task, torch.Tensor):
-            self._check_rows(x, task)
+            row_task = self._check_row_ids(task, x.shape[0])
+            self._check_width(x, self.in_units)
             weight, bias = self._frozen_views(self.out_units)
-            return self.policy.forward_rows(self._call_op, x, task, weight, bias, self._shapes, self._bit_ops())
+            return self.policy.forward_rows(self._call_op, x, row_task, weight, bias, self._shapes, self._bit_ops())
+        if task is not None:
+            self._check_task(task)
         if task is None or task == self.task:
             self._check_width(x, self.in_units)
             return self.policy.forward_current(self._call_op, x, self.active_weight(),
                                                self._active_bias(self.out_units), self.s)
-        self._check_task(task)
         out_units, in_units = self.sizes(task)
         self._check_width(x, in_units)
         weight, bias = self._frozen_views(out_units, task)
@@ -247,21 +329,17 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"{name}: input is on {x.device} but the layer is on {self.weight.device}")
         if x.dtype != self.weight.dtype:
             raise TypeError(f"{name}: input dtype {x.dtype} does not match the layer's {self.weight.dtype}")
+        unbatched, batched = self._INPUT_DIMS
+        if x.dim() < unbatched or (batched is not None and x.dim() > batched):
+            most = f"{batched}-D" if batched is not None else f"{unbatched + 1}-D or more"
+            raise ValueError(f"{name}: expected a {unbatched}-D (unbatched) or {most} (batched) input, got shape "
+                             f"{tuple(x.shape)}")
 
     def _check_width(self, x: torch.Tensor, in_units: int) -> None:
         dim = self._UNIT_DIM
-        if x.dim() < 2 or x.shape[dim] != in_units:
+        if x.shape[dim] != in_units:
             raise ValueError(f"{type(self).__name__}: expected input with {in_units} features in dim {dim}, "
                              f"got shape {tuple(x.shape)}")
-
-    def _check_rows(self, x: torch.Tensor, row_task: torch.Tensor) -> None:
-        if row_task.dim() != 1 or row_task.shape[0] != x.shape[0] or row_task.dtype != torch.long:
-            raise ValueError(f"{type(self).__name__}: per-row task ids must be a long tensor of shape "
-                             f"({x.shape[0]},), got {row_task.dtype} of shape {tuple(row_task.shape)}")
-        if row_task.numel() and not 0 <= int(row_task.min()) <= int(row_task.max()) < self.task:
-            raise ValueError(f"{type(self).__name__}: per-row task ids must name consolidated tasks "
-                             f"0..{self.task - 1}")
-        self._check_width(x, self.in_units)
 
     def _call_op(self, x, weight, bias, **masks):
         return getattr(ops, self._OP)(x, weight, bias, *self._op_args(), backend=self.backend, **masks)
@@ -269,11 +347,11 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
     def unit_mask(self, task: int | torch.Tensor | None = None) -> torch.Tensor:
         """DGMa mask over output units for ``task``: soft ``sigmoid(s * e)`` ``[out]`` for the task
         being learned, binary ``[out_k]`` for a consolidated task, ``[batch, out]`` for per-row ids."""
-        if not isinstance(task, torch.Tensor):
-            if task == self.task:
-                task = None
-            elif task is not None:
-                self._check_task(task)
+        if isinstance(task, torch.Tensor):
+            task = self._check_row_ids(task)
+        elif task is not None:
+            self._check_task(task)
+            task = None if task == self.task else task
         return self.policy.unit_mask(task, self.s, self._active_shape(), self._shapes, self._bit_ops())
 
     # -- task lifecycle -----------------------------------------------------------------------
@@ -293,7 +371,13 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
 
     @torch.no_grad()
     def consolidate(self) -> None:
-        """Binarise the current task's mask, store it as bits, reserve it and start the next task."""
+        """Binarise the current task's mask, store it as bits, reserve it and start the next task.
+
+        Refuses a task whose mask logits are all zero, as construction, growth and the previous
+        ``consolidate()`` leave them: nothing was learned, and its mask would be empty."""
+        if not any(bool(p.any()) for p in self.logits()):
+            raise ValueError(f"{type(self).__name__}.consolidate: nothing was learned for task {self.task} (its "
+                             f"mask logits are all zero): consolidating it would store an empty mask")
         sizes = torch.tensor([[self.out_units, self.in_units]], device=self.task_sizes.device)
         self.task_sizes = torch.cat([self.task_sizes, sizes])
         self.policy.consolidate(self.task, self._active_shape(), self._bit_ops())
@@ -332,8 +416,12 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         task's logits, the reserved masks) stay where they are. If the storage must grow, it doubles
         (or more), and ``optimizer``'s state of the regrown parameters moves with them.
         """
-        if out_extra < 0 or in_extra < 0:
-            raise ValueError(f"expand: sizes must be non-negative, got out_extra={out_extra}, in_extra={in_extra}")
+        where = f"{type(self).__name__}.expand"
+        check_count(where, "out_extra", out_extra)
+        check_count(where, "in_extra", in_extra)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"{where}: optimizer must be a torch.optim.Optimizer or None, "
+                            f"got {type(optimizer).__name__}")
         if getattr(self, "groups", 1) != 1 and (out_extra or in_extra):
             raise ValueError("expand: grouped convolutions cannot grow")
         if not (out_extra or in_extra):
@@ -358,10 +446,39 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         return {name: getattr(self, name) for name in _EXTRA}
 
     def set_extra_state(self, state) -> None:
+        where = f"{type(self).__name__} extra state"
         if not isinstance(state, dict) or set(state) != set(_EXTRA):
-            raise ValueError(f"{type(self).__name__}: extra state must be a dict with keys {_EXTRA}")
+            raise ValueError(f"{where} must be a dict with keys {_EXTRA}")
+        check_count(where, "task", state["task"])
+        check_count(where, "in_units", state["in_units"], positive=True)
+        check_count(where, "out_units", state["out_units"], positive=True)
+        check_sharpness(state["s"])
         for name in _EXTRA:
             setattr(self, name, state[name])
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, *, resize: bool = False):
+        """``nn.Module.load_state_dict``. As in ``torch.nn``, a state dict of other sizes (a layer
+        that grew, or was built with other sizes) raises a size mismatch and leaves the layer as it
+        was; ``resize=True`` gives the layer its sizes instead, and the parameters whose shape changes
+        are new objects (build the optimiser anew). For a model: :func:`resizing`."""
+        with resizing(self) if resize else contextlib.nullcontext():
+            return super().load_state_dict(state_dict, strict, assign)
+
+    def _size_mismatches(self, state_dict, prefix: str) -> list[str]:
+        """The parameters (the layer's and its policy's) and active sizes ``state_dict`` has other
+        than this layer, in ``torch.nn``'s words."""
+        found = []
+        for name, param in self.named_parameters():
+            incoming = state_dict.get(prefix + name)
+            if isinstance(incoming, torch.Tensor) and incoming.shape != param.shape:
+                found.append(f"size mismatch for {prefix}{name}: copying a param with shape {incoming.shape} from "
+                             f"checkpoint, the shape in current model is {param.shape}.")
+        extra = state_dict.get(prefix + "_extra_state")
+        for name in ("out_units", "in_units"):
+            if isinstance(extra, dict) and extra.get(name, getattr(self, name)) != getattr(self, name):
+                found.append(f"size mismatch for {prefix}{name}: {extra[name]!r} in checkpoint, "
+                             f"{getattr(self, name)} in current model.")
+        return found
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -369,6 +486,11 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         if (local_metadata.get("version") or 1) < 2:
             capacity = incoming_weight.shape if isinstance(incoming_weight, torch.Tensor) else self.weight.shape
             self.policy.upgrade_state(state_dict, prefix, prefix + "policy.", tuple(capacity))
+        mismatches = [] if self._resize_on_load else self._size_mismatches(state_dict, prefix)
+        if mismatches:  # raised before anything is loaded, so the layer stays as it was
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                               + "\n\t".join(mismatches)
+                               + "\n\tLoad with resize=True (or within dgm.layers.resizing(model)) to take its sizes.")
         # A layer that has consolidated or grown has other shapes than a new one: take them from the
         # state dict before loading the values.
         for name, param in list(self._parameters.items()):

@@ -29,11 +29,6 @@ Op = Callable[..., torch.Tensor]
 """``op(x, weight, bias, **masks)``: the layer's op (:mod:`dgm.ops`) with its geometry bound."""
 
 
-def detach_where(t: torch.Tensor, reserved: torch.Tensor | None) -> torch.Tensor:
-    """``t`` with its reserved entries detached (zero gradient there)."""
-    return t if reserved is None else torch.where(reserved, t.detach(), t)
-
-
 def per_row(t: torch.Tensor, like: torch.Tensor, unit_dim: int) -> torch.Tensor:
     """Per-row unit values ``t[batch, units]`` shaped to broadcast against ``like``, whose units
     are on ``unit_dim``."""

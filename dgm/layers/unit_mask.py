@@ -14,7 +14,7 @@ from torch import nn
 
 from ..expansion import padded
 from ..ops import reference
-from .policy import MaskPolicy, detach_where, per_row, usage_sum
+from .policy import MaskPolicy, per_row, usage_sum
 
 
 class UnitMask(MaskPolicy):
@@ -52,10 +52,13 @@ class UnitMask(MaskPolicy):
         return None if self.in_reserved is None else self.in_reserved[:in_units]
 
     def set_input_reserved(self, reserved_in, in_units, in_capacity) -> None:
-        if reserved_in is not None and reserved_in.shape != (in_units,):
-            raise ValueError(f"reserved_in must have shape ({in_units},), got {tuple(reserved_in.shape)}")
-        self.in_reserved = None if reserved_in is None else padded(
-            reserved_in.to(device=self.unit_logits.device, dtype=torch.bool), (in_capacity,))
+        if reserved_in is not None and not (isinstance(reserved_in, torch.Tensor) and reserved_in.dtype == torch.bool
+                                            and reserved_in.shape == (in_units,)):
+            got = (f"{reserved_in.dtype} of shape {tuple(reserved_in.shape)}" if isinstance(reserved_in, torch.Tensor)
+                   else type(reserved_in).__name__)
+            raise ValueError(f"reserved_in must be None or a bool tensor of shape ({in_units},), got {got}")
+        self.in_reserved = (None if reserved_in is None
+                            else padded(reserved_in.to(self.unit_logits.device), (in_capacity,)))
 
     # -- unit masks ---------------------------------------------------------------------------
     def _soft(self, out_units: int, s: float) -> torch.Tensor:
@@ -90,16 +93,12 @@ class UnitMask(MaskPolicy):
         return self._cached("rows", build)
 
     # -- forward ------------------------------------------------------------------------------
-    def _frozen_bias(self, bias, reserved_units):
-        """The bias, frozen on the reserved units here until the ops take a bias mask."""
-        return None if bias is None else detach_where(bias, reserved_units)
-
     def forward_current(self, op, x, weight, bias, s):
         out_units, in_units = self._units(weight.shape)
         reserved = self.reserved_units(out_units)
         frozen = None if reserved is None else (reserved, self.reserved_in_units(in_units))
         scale = None if self.defer_unit_mask else self._soft(out_units, s)
-        return op(x, weight, self._frozen_bias(bias, reserved), unit_scale=scale, frozen_units=frozen)
+        return op(x, weight, bias, unit_scale=scale, frozen_units=frozen)
 
     def forward_task(self, op, x, task, weight, bias, packing):
         scale = None if self.defer_unit_mask else self._task_units(task, weight.shape[self.out_dim], packing)

@@ -19,9 +19,10 @@ import math
 import torch
 from torch import nn
 
+from .. import bits as _bits
 from ..bits import packed_cols
 from ..expansion import new_entries, padded
-from .policy import MaskPolicy, detach_where, per_row, usage_sum
+from .policy import MaskPolicy, usage_sum
 
 
 def packed_shape(shape) -> tuple[int, int]:
@@ -80,47 +81,41 @@ class WeightMask(MaskPolicy):
             return None
         return self._cached("reserved", lambda: packing.unpack(self.reserved_bits(shape), shape))
 
-    # -- the bias: masked and frozen here until the ops take a bias mask --------------------------
-    def _soft_bias(self, bias, s: float):
-        if bias is None:
+    def _reserved_bias_bits(self, out_units: int) -> torch.Tensor | None:
+        """The reserved bias entries of the active units packed (``[out, 1]``, the op's
+        ``frozen_bias_bits``): the capacity's bits are packed once per change of the reservations,
+        not at every step, and a 1-D mask packs one byte per unit, so the active ones are its rows."""
+        if self.bias_reserved is None:
             return None
-        n = bias.shape[0]
-        return detach_where(bias, self.reserved_bias(n)) * torch.sigmoid(s * self.bias_logits[:n])
+        return self._cached("reserved_bias_bits", lambda: _bits.pack(self.bias_reserved))[:out_units]
 
-    def _task_bias(self, task: int, bias, packing):
-        if bias is None:
-            return None
-        return bias * packing.unpack(getattr(self, f"bias_bits_{task}"), bias.shape).to(bias.dtype)
-
-    def _row_biases(self, y, row_task, bias, bias_masks):
-        return y if bias is None else y + per_row((bias * bias_masks)[row_task], y, self.unit_dim)
-
-    # -- forward ------------------------------------------------------------------------------
+    # -- forward: the op masks and freezes both weight and bias ---------------------------------
     def forward_current(self, op, x, weight, bias, s):
         rows, cols = weight.shape[:2]
-        return op(x, weight, self._soft_bias(bias, s), logits=self.mask_logits[:rows, :cols], s=s,
-                  frozen_bits=self.reserved_bits(weight.shape))
+        n = None if bias is None else bias.shape[0]
+        bias_masks = {} if bias is None else {"bias_logits": self.bias_logits[:n],
+                                              "frozen_bias_bits": self._reserved_bias_bits(n)}
+        return op(x, weight, bias, logits=self.mask_logits[:rows, :cols], s=s,
+                  frozen_bits=self.reserved_bits(weight.shape), **bias_masks)
 
     def forward_task(self, op, x, task, weight, bias, packing):
-        return op(x, weight, self._task_bias(task, bias, packing), bits=self.task_bits(task))
+        bias_bits = None if bias is None else getattr(self, f"bias_bits_{task}")
+        return op(x, weight, bias, bits=self.task_bits(task), bias_bits=bias_bits)
 
     def forward_rows(self, op, x, row_task, weight, bias, shapes, packing):
-        weight_bits, bias_masks = self._rows(weight.shape, shapes, packing)
-        return self._row_biases(op(x, weight, None, bits=weight_bits, row_task=row_task), row_task, bias, bias_masks)
+        weight_bits, bias_bits = self._rows(weight.shape, shapes)
+        return op(x, weight, bias, bits=weight_bits, bias_bits=bias_bits, row_task=row_task)
 
-    def _rows(self, shape, shapes, packing):
-        """Every consolidated task's masks at ``shape`` (zero outside the task's entries): packed
-        weight bits ``[tasks, ...]`` and bias masks ``[tasks, out]``."""
+    def _rows(self, shape, shapes):
+        """Every consolidated task's packed bits at ``shape`` (zero outside the task's entries):
+        weight bits ``[tasks, ...]`` and bias bits ``[tasks, out, 1]`` (``None`` without a bias)."""
         def build():
-            out_units = shape[self.out_dim]
-            weight_bits, biases = [], []
-            for task, task_shape in enumerate(shapes):
-                weight_bits.append(padded(self.task_bits(task), packed_shape(shape)))
-                if self.bias_logits is not None:
-                    b = packing.unpack(getattr(self, f"bias_bits_{task}"), (task_shape[self.out_dim],))
-                    biases.append(padded(b, (out_units,)))
-            return (torch.stack(weight_bits) if weight_bits else None,
-                    torch.stack(biases).to(self.mask_logits.dtype) if biases else None)
+            tasks = range(len(shapes))
+            weight_bits = torch.stack([padded(self.task_bits(k), packed_shape(shape)) for k in tasks])
+            if self.bias_logits is None:
+                return weight_bits, None
+            out = (shape[self.out_dim], 1)
+            return weight_bits, torch.stack([padded(getattr(self, f"bias_bits_{k}"), out) for k in tasks])
         return self._cached("rows", build)
 
     # -- task lifecycle -----------------------------------------------------------------------

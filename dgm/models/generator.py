@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..expansion import weight_growth
-from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear
+from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear, resizing
 from .blocks import DCGAN_HEAD, check_latent, dcgan_body, dcgan_norm, label_noise
 
 
@@ -221,6 +221,12 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
             for prev_layer, layer in zip(self.body[:-1], self.body[1:]):
                 layer.set_input_reserved(prev_layer.reserved_units)
         return growth
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A generator's checkpoint is loaded at its sizes: its masked layers grew, and it has a norm
+        per task and a head per class learned (rebuilt here); build the optimisers afterwards."""
+        with resizing(self):
+            return super().load_state_dict(state_dict, strict, assign)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A generator that learned tasks has more norms and heads than a new one: build them first.
