@@ -37,7 +37,6 @@ if not torch.cuda.is_available():  # Triton's kernels run under its interpreter 
 
 from dgm import ops  # after the interpreter's switch
 from dgm.config import TrainConfig, load_config_file
-from dgm.masks import sharpness
 from dgm.methods.dgm import build_generator, train_step
 from dgm.step_audit import (
     HostReads,
@@ -79,14 +78,10 @@ def count_step(config: TrainConfig, backend: str, task: int) -> dict:
     """The step of ``task`` (1-based; ``task - 1`` tasks consolidated before)."""
     state, x, y = consolidated_task(config, backend, torch.device("cpu"), task - 1,
                                     channels=CHANNELS[config.dataset])
-    batches = 10
-
-    def step(b):
-        return lambda: train_step(state, x, y, sharpness(0, 1, b, batches, config.resolved_s_max))
-
-    step(0)()
-    first, reads_first = _recorded(step(1))
-    second, reads_second = _recorded(step(2))
+    step = functools.partial(train_step, state, x, y)
+    step()
+    first, reads_first = _recorded(step)
+    second, reads_second = _recorded(step)
     return {"ops_per_step": len(first), "differing_ops_between_steps": differing_ops(first, second),
             "host_syncs_step": len(reads_first) + len(reads_second),
             "host_sync_sites_step": sorted({site for _, site in reads_first + reads_second})}

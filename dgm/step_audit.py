@@ -140,9 +140,11 @@ def consolidate_random_tasks(generator, done: int, classes_per_task: int = 1, de
 
 
 def consolidated_task(config, backend: str, device: torch.device, done: int, classes_per_task: int = 1,
-                      density: float = 0.2, num_classes: int = 10, channels: int = 1):
+                      density: float = 0.2, num_classes: int = 10, channels: int = 1, batches: int = 10):
     """The DGM training state of task ``done`` after :func:`consolidate_random_tasks`, with a real
-    batch of ``config.batch_size`` images of the task's classes: ``(state, x, y)``."""
+    batch of ``config.batch_size`` images of the task's classes: ``(state, x, y)``. Its epoch has
+    ``batches`` batches, so that ``s`` changes from one step to the next."""
+    from .masks import SharpnessSchedule
     from .methods.dgm import begin_task, build_generator  # the methods import the models, which import ops
 
     torch.manual_seed(config.seed)
@@ -154,6 +156,7 @@ def consolidated_task(config, backend: str, device: torch.device, done: int, cla
                                train=SimpleNamespace(channels=channels))
 
     state = begin_task(generator, task(done), [task(k) for k in range(done)], config.batch_size, config, device)
+    state.schedule = SharpnessSchedule(batches, config.resolved_s_max, device)
     size = config.image_size
     x = torch.rand(config.batch_size, channels, size, size, device=device) * 2 - 1
     y = torch.arange(config.batch_size, device=device) % classes_per_task + done * classes_per_task

@@ -74,7 +74,6 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"s_max must be >= 1, got {s_max}")
         self.backend = ops.check_backend(backend)
         self.s_max = float(s_max)
-        self.s = 1.0 / self.s_max
         # weight_init(w) fills w in place: the whole active weight at construction, the blocks of
         # new entries at growth, so it must draw each entry on its own (as DCGAN's N(0, 0.02)).
         self.weight_init = weight_init
@@ -86,12 +85,26 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             self.bias = nn.Parameter(torch.empty(out_units, **factory))
         else:
             self.register_parameter("bias", None)
+        # The sharpness in device memory (set_sharpness writes it in place): every op reads this
+        # one tensor, so a step's s never passes through the host and a captured step, or a
+        # compiled layer, reads each step's value.
+        self.register_buffer("s", torch.full((), 1.0 / self.s_max, device=device,
+                                             dtype=ops.reference.sharpness_dtype(self.weight.dtype)),
+                             persistent=False)
         self.register_buffer("task_sizes", torch.zeros(0, 2, dtype=torch.long, device=device))
         self.policy = MASK_POLICIES[mask](self.weight.shape, self._OUT_DIM, self._UNIT_DIM, bias, **factory)
         self.version = 0  # counts changes of sizes and reserved masks (ReservedGuard refreshes on it)
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self.reset_parameters()
         self._recount()
+
+    def set_sharpness(self, s: float | torch.Tensor) -> None:
+        """Set ``s`` of the soft mask ``sigmoid(s * logits)`` in place: from a number, or from a
+        0-d tensor on the layer's device (no host value: what a training step uses)."""
+        if isinstance(s, torch.Tensor):
+            self.s.copy_(s)
+        else:
+            self.s.fill_(s)
 
     @property
     def mask(self) -> str:
@@ -353,15 +366,26 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self.policy.grow(old, new, capacity, optimizer)
         self._changed(recount=False)
 
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts (``to``, ``half``, ...) move ``s`` and keep it in the dtype the ops read
+        for the weight's (:func:`dgm.ops.reference.sharpness_dtype`: ``s`` up to ``s_max`` overflows
+        half precision)."""
+        super()._apply(fn, *args, **kwargs)
+        self.s = self.s.to(ops.reference.sharpness_dtype(self.weight.dtype))
+        return self
+
     # -- state --------------------------------------------------------------------------------
     def get_extra_state(self):
-        return {name: getattr(self, name) for name in _EXTRA}
+        return {name: float(self.s) if name == "s" else getattr(self, name) for name in _EXTRA}
 
     def set_extra_state(self, state) -> None:
         if not isinstance(state, dict) or set(state) != set(_EXTRA):
             raise ValueError(f"{type(self).__name__}: extra state must be a dict with keys {_EXTRA}")
         for name in _EXTRA:
-            setattr(self, name, state[name])
+            if name == "s":
+                self.set_sharpness(state[name])
+            else:
+                setattr(self, name, state[name])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -199,10 +199,15 @@ def replay_rng(config, task, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(task_seed(config.seed, task.index) + 1)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Minibatches in an epoch over ``n`` samples (the last may be smaller)."""
+    return max(1, -(-n // batch_size))
+
+
 def minibatches(n: int, config, rng: torch.Generator, reporter: Reporter, task, device):
     """``config.epochs`` epochs over ``n`` samples, a fresh order from ``rng`` each epoch; yields
     ``(epoch, step, steps_per_epoch, indices)``."""
-    steps = max(1, -(-n // config.batch_size))
+    steps = batches_per_epoch(n, config.batch_size)
     for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
         order = torch.randperm(n, generator=rng).to(device)
         for b in range(steps):

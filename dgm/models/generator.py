@@ -87,9 +87,10 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         weight = self.body[0].weight
         return module.to(device=weight.device, dtype=weight.dtype)
 
-    def set_sharpness(self, s: float) -> None:
+    def set_sharpness(self, s: float | torch.Tensor) -> None:
+        """Every masked layer's sharpness, in place (:meth:`MaskedLayer.set_sharpness`)."""
         for layer in self.body:
-            layer.s = s
+            layer.set_sharpness(s)
 
     def masked_layers(self) -> list[MaskedLayer]:
         return list(self.body)

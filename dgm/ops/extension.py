@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
-from .reference import NO_MASKS, by_task, effective_bias, scale_units
+from .reference import NO_MASKS, by_task, effective_bias, scale_units, sharpness_tensor
 
 WITH_CUDA = bool(_C.WITH_CUDA)
 
@@ -103,20 +103,20 @@ class _MaskedProduct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, logits, s, bits, frozen_bits, frozen_out, frozen_in, out_dim, product):
         masked = logits is not None or bits is not None
         w_eff = torch.ops.dgm.masked_weight(weight, logits, s, bits) if masked else weight
-        ctx.save_for_backward(x, weight, w_eff, logits, bits, frozen_bits, frozen_out, frozen_in)
-        ctx.s, ctx.out_dim, ctx.product, ctx.masked = s, out_dim, product, masked
+        ctx.save_for_backward(x, weight, w_eff, logits, s, bits, frozen_bits, frozen_out, frozen_in)
+        ctx.out_dim, ctx.product, ctx.masked = out_dim, product, masked
         return product.forward(x, w_eff, bias)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, w_eff, logits, bits, frozen_bits, frozen_out, frozen_in = ctx.saved_tensors
+        x, weight, w_eff, logits, s, bits, frozen_bits, frozen_out, frozen_in = ctx.saved_tensors
         need_x, need_w, need_b, need_l = ctx.needs_input_grad[:4]
         gx, g, gb = ctx.product.backward(gy, x, w_eff, (need_x, need_w or need_l, need_b))
         gw = gl = None
         if need_w or need_l:
             if ctx.masked or frozen_bits is not None or frozen_out is not None:
-                gw, gl = torch.ops.dgm.masked_weight_backward(g, weight, logits, ctx.s, bits, frozen_bits, frozen_out,
-                                                       frozen_in, ctx.out_dim, need_w, need_l)
+                gw, gl = torch.ops.dgm.masked_weight_backward(g, weight, logits, s, bits, frozen_bits, frozen_out,
+                                                              frozen_in, ctx.out_dim, need_w, need_l)
                 gw, gl = (gw if need_w else None), (gl if need_l else None)
             else:
                 gw = g
@@ -127,11 +127,12 @@ def _masked_products(product, x, weight, bias, *, logits, s, bits, row_task, fro
                      bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1):
     """The reference formula with each task's product fused (:class:`_MaskedProduct`)."""
     frozen_out, frozen_in = frozen_units if frozen_units is not None else (None, None)
+    s_dev = None if logits is None else sharpness_tensor(s, weight)
 
     def one_task(inp, task_bits, task_bias_bits):
         b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=task_bias_bits,
                            frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
-        return _MaskedProduct.apply(inp, weight, b, logits, float(s), task_bits, frozen_bits, frozen_out,
+        return _MaskedProduct.apply(inp, weight, b, logits, s_dev, task_bits, frozen_bits, frozen_out,
                                     frozen_in, out_dim, product)
 
     return scale_units(by_task(one_task, x, row_task, bits, bias_bits), unit_scale, unit_dim)

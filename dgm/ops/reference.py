@@ -9,8 +9,9 @@ Each op computes ``y = op(x, W_eff) + b_eff`` and then scales the output units b
                      *, <the same keywords>)
 
 * ``W_eff = freeze(W) * m`` where the weight mask ``m`` is ``sigmoid(s * logits)`` (DGMw while a
-  task trains), ``unpack(bits)`` (DGMw for a consolidated task; with ``row_task`` each batch row
-  uses its own task's bits, ``bits`` stacked ``[tasks, ...]``), or ``1`` (no weight mask, DGMa).
+  task trains; ``s`` a number or a 0-d tensor, which the fused backends read from device memory),
+  ``unpack(bits)`` (DGMw for a consolidated task; with ``row_task`` each batch row uses its own
+  task's bits, ``bits`` stacked ``[tasks, ...]``), or ``1`` (no weight mask, DGMa).
 * ``freeze(W)`` detaches the reserved entries so their gradient is exactly zero: the packed
   ``frozen_bits`` for DGMw, or for DGMa (HAT) the entries ``(i, j)`` whose output unit ``i`` and
   input unit ``j`` are both reserved, ``1 - min(a_i, a_j)`` with binary ``a``; ``frozen_units`` is
@@ -41,7 +42,22 @@ NO_MASKS = {"logits": None, "s": 1.0, "bits": None, "row_task": None, "frozen_bi
             "unit_scale": None, "bias_logits": None, "bias_bits": None, "frozen_bias_bits": None}
 
 
-def soft_mask(logits: torch.Tensor, s: float) -> torch.Tensor:
+def sharpness_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``s`` is kept in for weights of ``dtype``: float64 for float64, else float32 (half
+    precision would overflow at ``s_max``)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sharpness_tensor(s: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``s`` as the 0-d tensor the fused backends read for weights ``like``: on their device, in
+    :func:`sharpness_dtype` (a layer's own ``s`` is one already: no op then)."""
+    dtype = sharpness_dtype(like.dtype)
+    if isinstance(s, torch.Tensor):
+        return s.to(device=like.device, dtype=dtype)
+    return torch.full((), s, dtype=dtype, device=like.device)
+
+
+def soft_mask(logits: torch.Tensor, s: float | torch.Tensor) -> torch.Tensor:
     """DGMw/DGMa soft mask ``sigmoid(s * logits)``."""
     return torch.sigmoid(s * logits)
 
