@@ -271,9 +271,10 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         if row_task.dim() != 1 or row_task.shape[0] != x.shape[0] or row_task.dtype != torch.long:
             raise ValueError(f"{type(self).__name__}: per-row task ids must be a long tensor of shape "
                              f"({x.shape[0]},), got {row_task.dtype} of shape {tuple(row_task.shape)}")
-        if row_task.numel() and not 0 <= int(row_task.min()) <= int(row_task.max()) < self.task:
-            raise ValueError(f"{type(self).__name__}: per-row task ids must name consolidated tasks "
-                             f"0..{self.task - 1}")
+        # Checked on the device (replay never reads it back to the host): a RuntimeError on the CPU,
+        # a device-side assertion on a GPU.
+        torch._assert_async(((row_task >= 0) & (row_task < self.task)).all(),
+                            f"{type(self).__name__}: per-row task ids must name consolidated tasks 0..{self.task - 1}")
         self._check_width(x, self.in_units)
 
     def _call_op(self, x, weight, bias, **masks):
