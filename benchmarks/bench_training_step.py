@@ -3,14 +3,18 @@ real and fake, gradient penalty, classifier on real and replay, Adam) and the ge
 under the soft mask, sparsity regulariser, HAT compensation, FrozenAdam), in the middle of task 5
 (four tasks consolidated, replay of their classes).
 
-Columns: ``reference`` (``--backend reference``) and ``fused`` (what ``--fused`` picks,
-:func:`dgm.ops.fastest_backend`); group ``train-step-<config>``. The configs are the shipped
+Columns: ``reference`` (``--backend reference``), ``fused`` (what ``--fused`` picks,
+:func:`dgm.ops.fastest_backend`), both eager, and ``captured`` (the fused step captured as a CUDA
+graph and replayed, as ``dgm-train`` runs it on a GPU: :mod:`dgm.step_graph`); group
+``train-step-<config>``. The configs are the shipped
 ones: on a GPU the paper's MNIST and CIFAR-10 sizes; on a CPU the small MLP config at batch 16
-(the fused column skips there: ``--fused`` runs the reference on a CPU).
+(the fused and captured columns skip there: ``--fused`` runs the reference on a CPU, and CUDA
+graphs need a GPU).
 
 It calls the method's own :func:`~dgm.methods.dgm.begin_task` and :func:`~dgm.methods.dgm.train_step`.
 """
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from dgm import ops
 from dgm.config import TrainConfig, load_config_file
 from dgm.methods.dgm import train_step
 from dgm.step_audit import consolidated_task
+from dgm.step_graph import WARMUP, CapturedStep
 
 ON_GPU = torch.cuda.is_available()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -40,17 +45,21 @@ def _run_id(run) -> str:
     return name + "".join(f"-{k}{v}" for k, v in overrides)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused"])
+@pytest.mark.parametrize("impl", ["reference", "fused", "captured"])
 @pytest.mark.parametrize("run", CONFIG_RUNS, ids=_run_id)
 def test_training_step(benchmark, run, impl, device, synced):
     name, overrides = run
     benchmark.group = f"train-step-{_run_id(run)}"
     backend = "reference"
-    if impl == "fused":
+    if impl != "reference":
         backend = ops.fastest_backend(device)
         if backend == "reference":
-            pytest.skip(f"fused column: --fused runs the reference here ({ops.fused_unavailable_reason(device)})")
+            pytest.skip(f"{impl} column: --fused runs the reference here ({ops.fused_unavailable_reason(device)})")
     config = _config(name, overrides, device)
     state, x, y = consolidated_task(config, backend, device, DONE, channels=CHANNELS[config.dataset])
-    train_step(state, x, y)  # optimiser state and kernel caches outside the timing
-    benchmark(synced(lambda: train_step(state, x, y)))
+    step = functools.partial(train_step, state)
+    if impl == "captured":
+        step = CapturedStep(step, generators=(state.replay_rng,))
+    for _ in range(WARMUP + 1):  # optimiser state, kernel caches and the capture outside the timing
+        step(x, y)
+    benchmark(synced(lambda: step(x, y)))

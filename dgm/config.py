@@ -38,6 +38,7 @@ class TrainConfig:
     device: str = "cpu"
     backend: str = "reference"
     fused: bool = False
+    capture: bool = True              # DGM's training step as a CUDA graph per task, on a CUDA device
     out: str = "runs/dgm"
     resume: bool = False
     arch: str = "dcgan"

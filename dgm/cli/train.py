@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fused", action=argparse.BooleanOptionalAction,
                      help="use the fastest fused backend of the device (overrides --backend; falls back "
                           "to the reference, with a warning, where none runs)")
+    run.add_argument("--capture", action=argparse.BooleanOptionalAction,
+                     help="on a CUDA device, capture the DGM training step once per task as a CUDA graph and "
+                          "replay it (default; --no-capture: run every step eagerly); metrics.json says per task "
+                          "whether it was captured")
     run.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, metrics.json)")
     run.add_argument("--resume", action=argparse.BooleanOptionalAction,
                      help="continue from the latest checkpoint in --out")

@@ -69,6 +69,11 @@ class Learner(abc.ABC):
     def end_task(self) -> None:
         """Close the task once its epochs are done."""
 
+    def step_capture(self) -> dict:
+        """Whether the last task's training step was captured as a CUDA graph, and if not why:
+        ``{"captured": bool, "reason": str or None}`` (``metrics.json``; :mod:`dgm.step_graph`)."""
+        return {"captured": False, "reason": f"method {self.config.method!r} runs its step eagerly"}
+
     def generated_validation(self, task, old_tasks) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Generated validation images and labels of ``old_tasks``' classes (``--selection current``);
         ``None`` without a generator."""

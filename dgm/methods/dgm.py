@@ -16,6 +16,7 @@ in its MNIST and SVHN ones (one class per task).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from ..masks import SharpnessSchedule, compensate_logit_grad_, sharpness, sparsity_regularizer
 from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator
 from ..optim import FrozenAdam, reserved_masks
+from ..step_graph import CapturedStep, unavailable_reason
 from .base import (
     GenerativeLearner,
     TaskSetup,
@@ -127,24 +129,37 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 class DGMLearner(GenerativeLearner):
     """``dgmw`` / ``dgma``: carries the masked, growing generator; the discriminator is rebuilt
-    every task."""
+    every task. On a CUDA device each task's step is captured as a CUDA graph and replayed
+    (:mod:`dgm.step_graph`; ``config.capture``)."""
 
     def __init__(self, config, num_classes: int, channels: int, backend: str, device: torch.device):
         super().__init__(config, num_classes, channels, backend, device)
         self.generator = build_generator(config, num_classes, channels, backend).to(device)
+        self._not_captured = unavailable_reason(device, config.capture)
+        self._captured: CapturedStep | None = None  # the task's step, while it is learned
+        self._capture_report = {"captured": False, "reason": self._not_captured}
 
     def begin_task(self, task, old_tasks) -> TaskSetup:
         real_x, real_y = task.train.images.to(self.device), task.train.labels.to(self.device)
         state = begin_task(self.generator, task, old_tasks, real_y.shape[0], self.config, self.device)
         epochs, s_max = self.config.epochs, self.config.resolved_s_max
+        run = functools.partial(train_step, state)
+        if self._not_captured is None:
+            run = self._captured = CapturedStep(run, generators=(state.replay_rng,))
 
         def step(epoch, b, batches, idx):
-            return {**train_step(state, real_x[idx], real_y[idx]), "s": sharpness(epoch, epochs, b, batches, s_max)}
+            return {**run(real_x[idx], real_y[idx]), "s": sharpness(epoch, epochs, b, batches, s_max)}
 
         return TaskSetup(state.discriminator, real_y.shape[0], step)
 
+    def step_capture(self) -> dict:
+        return self._capture_report
+
     def end_task(self) -> None:
-        """Binarise and reserve the task's masks, then grow the generator."""
+        """Binarise and reserve the task's masks, then grow the generator; the task's captured step
+        (and its graph's memory) goes."""
+        if self._captured is not None:
+            self._capture_report, self._captured = self._captured.report(), None
         self.generator.consolidate_and_expand()
 
     def generator_size(self) -> tuple[int, list[int]]:
