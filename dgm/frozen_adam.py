@@ -178,4 +178,4 @@ def _adam_(p, exp_avg, exp_avg_sq, grad, group, neg_step_size, bc2_sqrt) -> None
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(group["eps"])
     # p += neg_step_size * exp_avg / denom, rounded as addcdiv_(value=neg_step_size) rounds it.
-    p.add_(exp_avg.mul(neg_step_size).div_(denom))
+    p.addcdiv_(exp_avg.mul(neg_step_size), denom)
