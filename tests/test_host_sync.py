@@ -35,19 +35,8 @@ def _config(arch: str, method: str) -> TrainConfig:
     return TrainConfig(method=method, arch=arch, batch_size=16, nz=16, hidden=64, ngf=4, ndf=8, seed=0)
 
 
-DONE = 2  # consolidated tasks before the step: replay and reserved masks are both in play
-
-
-def _task_state(config: TrainConfig, backend: str, device: torch.device):
-    return consolidated_task(config, backend, device, DONE, classes_per_task=2, density=0.3)
-
-
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-@pytest.mark.parametrize("method", ["dgmw", "dgma"])
-def test_training_step_never_reads_the_device(method, arch, cpu_backend):
-    if cpu_backend == "triton" and arch == "dcgan":
-        pytest.skip("conv kernels under the interpreter: covered by the mlp case, too slow here")
-    state, x, y = _task_state(_config(arch, method), cpu_backend, torch.device("cpu"))
+def test_training_step_never_reads_the_device(dgm_task):
+    state, x, y = dgm_task
     with HostReads() as reads:
         for _ in range(2):
             losses = train_step(state, x, y)
@@ -55,13 +44,8 @@ def test_training_step_never_reads_the_device(method, arch, cpu_backend):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-@pytest.mark.parametrize("method", ["dgmw", "dgma"])
-def test_replay_never_reads_the_device(method, arch, cpu_backend):
-    if cpu_backend == "triton" and arch == "dcgan":
-        pytest.skip("conv kernels under the interpreter: covered by the mlp case, too slow here")
-    state, _, _ = _task_state(_config(arch, method), cpu_backend, torch.device("cpu"))
-    generator = state.generator.eval()
+def test_replay_never_reads_the_device(dgm_task):
+    generator = dgm_task[0].generator.eval()
     row_task = torch.tensor([1, 0, 1, 1, 0])
     labels = 2 * row_task + torch.tensor([0, 1, 1, 0, 0])  # task k learned classes 2k and 2k + 1
     with HostReads() as reads:
@@ -74,7 +58,8 @@ def test_replay_never_reads_the_device(method, arch, cpu_backend):
 @pytest.mark.parametrize("method", ["dgmw", "dgma"])
 def test_step_on_gpu_never_syncs(method):
     device = torch.device("cuda")
-    state, x, y = _task_state(_config("dcgan", method), ops.fastest_backend(device), device)
+    state, x, y = consolidated_task(_config("dcgan", method), ops.fastest_backend(device), device, 2,
+                                    classes_per_task=2, density=0.3)
     train_step(state, x, y)  # first calls: autotuning, allocator warm-up
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

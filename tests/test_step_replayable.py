@@ -4,26 +4,17 @@ per task can replay the step.
 :class:`dgm.step_audit.OpRecorder` records every op a step dispatches (name, shapes, dtypes and
 every non-tensor argument); two consecutive steps of :func:`dgm.methods.dgm.train_step` (after a
 first one, which creates the optimisers' state) must record the same, for DGMw and DGMa, the MLP
-and the DCGAN, on every backend that runs on the CPU. The sharpness anneals between them, so a
+and the DCGAN, on every backend that runs on the CPU (the ``dgm_task`` fixture). The sharpness anneals between them, so a
 per-step value passed from the host would show. Replay must dispatch the same ops whichever
 consolidated tasks its rows belong to.
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from dgm.config import TrainConfig
 from dgm.methods.dgm import train_step
-from dgm.step_audit import OpRecorder, consolidated_task, differing_ops
-
-DONE = 2  # consolidated tasks: replay and reserved masks are both in play
-
-
-def _state(arch: str, method: str, backend: str):
-    config = TrainConfig(method=method, arch=arch, batch_size=8, nz=16, hidden=32, ngf=4, ndf=8, seed=0)
-    return consolidated_task(config, backend, torch.device("cpu"), DONE, classes_per_task=2, density=0.3)
+from dgm.step_audit import OpRecorder, differing_ops
 
 
 def _recorded(fn) -> list:
@@ -44,12 +35,8 @@ def test_the_recorder_sees_a_value_passed_from_the_host():
     assert differing_ops(_recorded(lambda: x.mul(0.5)), _recorded(lambda: x.mul(0.5))) == 0
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-@pytest.mark.parametrize("method", ["dgmw", "dgma"])
-def test_consecutive_steps_dispatch_the_same_ops(method, arch, cpu_backend):
-    if cpu_backend == "triton" and arch == "dcgan":
-        pytest.skip("conv kernels under the interpreter: covered by the mlp case, too slow here")
-    state, x, y = _state(arch, method, cpu_backend)
+def test_consecutive_steps_dispatch_the_same_ops(dgm_task):
+    state, x, y = dgm_task
     train_step(state, x, y)
     s_before = state.generator.body[0].s.clone()
     first = _recorded(lambda: train_step(state, x, y))
@@ -59,12 +46,8 @@ def test_consecutive_steps_dispatch_the_same_ops(method, arch, cpu_backend):
     assert differing_ops(first, second) == 0, _first_difference(first, second)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "dcgan"])
-@pytest.mark.parametrize("method", ["dgmw", "dgma"])
-def test_replay_dispatches_the_same_ops_whichever_tasks_it_replays(method, arch, cpu_backend):
-    if cpu_backend == "triton" and arch == "dcgan":
-        pytest.skip("conv kernels under the interpreter: covered by the mlp case, too slow here")
-    generator = _state(arch, method, cpu_backend)[0].generator.eval()
+def test_replay_dispatches_the_same_ops_whichever_tasks_it_replays(dgm_task):
+    generator = dgm_task[0].generator.eval()
     one_task = torch.zeros(6, dtype=torch.long)
     both = torch.tensor([0, 1, 1, 0, 1, 0])
     generator.generate(one_task * 2, one_task)  # the replay tables are built once per consolidation
