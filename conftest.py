@@ -1,5 +1,6 @@
 """Test-wide setup: without a GPU, Triton kernels run under the interpreter (set before any kernel
-is defined), and the GPU-only tests skip."""
+is defined), and the GPU-only tests skip; the ``cpu_backend`` parameter and the ``dgm_task``
+fixture of the step audits."""
 
 import os
 
@@ -31,3 +32,18 @@ def pytest_generate_tests(metafunc):
         pytest.param(b, marks=pytest.mark.skipif(ops.unavailable_reason(b, "linear", cpu) is not None,
                                                  reason=f"backend {b} does not run on this CPU"))
         for b in ops.BACKENDS])
+
+
+@pytest.fixture(params=[("dgmw", "mlp"), ("dgmw", "dcgan"), ("dgma", "mlp"), ("dgma", "dcgan")], ids="-".join)
+def dgm_task(request, cpu_backend):
+    """``(state, x, y)``: DGM's training state for task 2 on the CPU, per method and architecture on
+    each ``cpu_backend`` (two tasks of two classes consolidated with random masks before, so replay
+    and reserved masks are in play; :func:`dgm.step_audit.consolidated_task`)."""
+    from dgm.config import TrainConfig
+    from dgm.step_audit import consolidated_task
+
+    method, arch = request.param
+    if cpu_backend == "triton" and arch == "dcgan":
+        pytest.skip("conv kernels under the interpreter: covered by the mlp case, too slow here")
+    config = TrainConfig(method=method, arch=arch, batch_size=8, nz=16, hidden=32, ngf=4, ndf=8, seed=0)
+    return consolidated_task(config, cpu_backend, torch.device("cpu"), 2, classes_per_task=2, density=0.3)

@@ -24,6 +24,7 @@ import torch
 from dgm import MaskedConvTranspose2d, MaskedLinear, ops
 from dgm.models import DCGANGenerator, MLPGenerator
 from dgm.models.generator import dcgan_init_
+from dgm.step_audit import consolidate_random_tasks
 
 ON_GPU = torch.cuda.is_available()
 NUM_CLASSES = 10
@@ -45,13 +46,7 @@ def _consolidated(arch: str, tasks: int, device: str):
     torch.manual_seed(0)
     cls = DCGANGenerator if arch == "dcgan" else MLPGenerator
     generator = cls(num_classes=NUM_CLASSES, backend="reference", **ARCHS[arch]).to(device)
-    for k in range(tasks):
-        generator.prepare_task([k])
-        with torch.no_grad():
-            for layer in generator.masked_layers():
-                for p in layer.logits():
-                    p.copy_(torch.where(torch.rand_like(p) < USE, 1.0, -1.0))
-        generator.consolidate_and_expand()
+    consolidate_random_tasks(generator, tasks, density=USE)
     return generator.eval()
 
 

@@ -7,6 +7,7 @@ ratios (printed).
 Within a pytest-benchmark group the columns are the benchmarks' ``impl`` parameter. Each ratio is
 the median time of one column over another's in the same group: ``reference/<fused>`` (the
 speed-up of a fused column), ``<fused>/limit`` (its overhead over the unmasked op),
+``fused/captured`` (the eager fused step over the same step replayed as a CUDA graph),
 ``loop/one-pass`` (per-task replay over one pass) and ``realloc/expand`` (reallocating a layer
 over growing it). Every figure comes from the JSON; device, versions and date come from what
 ``benchmarks/conftest.py`` recorded in it (``machine_info["dgm"]``) and the run's own timestamp.
@@ -22,10 +23,11 @@ from pathlib import Path
 
 REFERENCE = ("reference", "frozen-reference")
 # "cuda" and "frozen-cuda": the extension's columns in results JSON from before its rename.
-FUSED = ("triton", "extension", "auto", "fused", "frozen-extension", "cuda", "frozen-cuda")
+FUSED = ("triton", "extension", "auto", "fused", "captured", "frozen-extension", "cuda", "frozen-cuda")
 LIMIT = ("limit", "adam")
 # (numerator columns, denominator columns): a ratio for every pair present in a group.
-RATIOS = ((REFERENCE, FUSED), (FUSED, LIMIT), (("loop",), ("one-pass",)), (("realloc",), ("expand",)))
+RATIOS = ((REFERENCE, FUSED), (FUSED, LIMIT), (("fused",), ("captured",)), (("loop",), ("one-pass",)),
+          (("realloc",), ("expand",)))
 STATS = ("mean", "median", "min", "max", "stddev", "rounds", "iterations")
 RATIO_STAT = "median"
 

@@ -28,6 +28,7 @@ DGM_HD float exp_(float x) { return expf(x); }
 DGM_HD double exp_(double x) { return exp(x); }
 DGM_HD float sqrt_(float x) { return sqrtf(x); }
 DGM_HD double sqrt_(double x) { return sqrt(x); }
+DGM_HD double pow_(double x, double y) { return pow(x, y); }
 
 // Bit `col` of one packed row (dgm/bits.py: bit j of byte b holds column 8 * b + j).
 DGM_HD bool bit_at(const uint8_t* row, int64_t col) { return (row[col >> 3] >> (col & 7)) & 1; }
@@ -48,6 +49,9 @@ DGM_HD A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
 // A weight matrix and its mask, both as row-strided 2-D views (rows = dim 0, cols = the rest,
 // contiguous within a row): W_eff = W * m with m = sigmoid(s * logits), the packed bits, or 1.
 // Packed bits are row-strided too (a row's bytes contiguous, rows ld* bytes apart).
+// The sharpness s is read from device memory (a 0-d tensor: float64 for float64 weights, else
+// float32), so a step's value never passes through the host and a captured launch reads each
+// step's own.
 template <typename T>
 struct MaskedWeight {
   const T* weight;
@@ -56,7 +60,8 @@ struct MaskedWeight {
   int64_t ldl;
   const uint8_t* bits;   // packed binary mask [rows, nbytes], or null
   int64_t ldb;
-  double s;
+  const void* s;         // with logits
+  bool s_double;
   int64_t rows, cols, nbytes;
 };
 
@@ -64,12 +69,17 @@ struct MaskedWeight {
 template <typename T>
 MaskedWeight<T> typed(const MaskedWeight<void>& a) {
   return {static_cast<const T*>(a.weight), a.ldw, static_cast<const T*>(a.logits), a.ldl, a.bits, a.ldb, a.s,
-          a.rows, a.cols, a.nbytes};
+          a.s_double, a.rows, a.cols, a.nbytes};
+}
+
+template <typename A, typename T>
+DGM_HD A sharpness(const MaskedWeight<T>& a) {
+  return a.s_double ? A(*static_cast<const double*>(a.s)) : A(*static_cast<const float*>(a.s));
 }
 
 template <typename A, typename T>
 DGM_HD A mask_at(const MaskedWeight<T>& a, int64_t r, int64_t c) {
-  if (a.logits) return sigmoid<A>(A(a.s) * to_acc<A>(a.logits[r * a.ldl + c]));
+  if (a.logits) return sigmoid<A>(sharpness<A>(a) * to_acc<A>(a.logits[r * a.ldl + c]));
   if (a.bits) return bit_at(a.bits + r * a.ldb, c) ? A(1) : A(0);
   return A(1);
 }
@@ -119,11 +129,12 @@ DGM_HD void masked_weight_grad_at(const MaskedWeightGrad<T>& a, int64_t r, int64
   if (a.grad_weight) a.grad_weight[i] = from_acc<T>(frozen_at(a, r, c) ? A(0) : g * m);
   if (a.grad_logits) {
     const A w = to_acc<A>(a.w.weight[r * a.w.ldw + c]);
-    a.grad_logits[i] = from_acc<T>(g * w * (A(1) - m) * m * A(a.w.s));
+    a.grad_logits[i] = from_acc<T>(g * w * (A(1) - m) * m * sharpness<A>(a.w));
   }
 }
 
-// Adam / AdamW hyper-parameters, pre-combined on the host in double as torch.optim.Adam does.
+// Adam / AdamW hyper-parameters of one parameter's group, pre-combined on the host in double as
+// torch.optim.Adam does.
 struct AdamScalars {
   double decay;            // 1 - lr * weight_decay (decoupled)
   double weight_decay;     // L2 coefficient added to the gradient (not decoupled)
@@ -135,6 +146,18 @@ template <typename A>
 DGM_HD A lerp_(A self, A end, A weight) {
   return (weight < A(0.5) && weight > A(-0.5)) ? self + weight * (end - self)
                                                : end - (end - self) * (A(1) - weight);
+}
+
+// The bias corrections of step `step` (the step count after this step's increment), in double as
+// torch.optim.Adam computes them on the host: -lr / (1 - beta1^step) and sqrt(1 - beta2^step).
+// They are computed where the step count lives (device memory), so no step passes a new value
+// through the host.
+struct AdamCorrections {
+  double neg_step_size, bias_correction2_sqrt;
+};
+
+DGM_HD AdamCorrections adam_corrections(double step, double lr, double beta1, double beta2) {
+  return {-lr / (1 - pow_(beta1, step)), sqrt_(1 - pow_(beta2, step))};
 }
 
 // One Adam step of one entry; torch.optim.Adam's single-tensor update in its order.

@@ -79,30 +79,30 @@ void masked_weight_backward_cpu(const MaskedWeightGradInputs& in) {
 }
 
 void frozen_adam(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                 const c10::List<std::optional<at::Tensor>>& reserved, at::ArrayRef<double> neg_step_sizes,
-                 at::ArrayRef<double> bias_correction2_sqrts, double lr, double beta1, double beta2, double eps,
-                 double weight_decay, bool decoupled) {
-  const std::vector<AdamParam> ps =
-      adam_inputs(params, grads, exp_avgs, exp_avg_sqs, reserved, neg_step_sizes, bias_correction2_sqrts);
-  const AdamScalars h = adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled);
+                 const c10::List<std::optional<at::Tensor>>& reserved, at::TensorList steps, at::ArrayRef<double> lrs,
+                 at::ArrayRef<double> beta1s, at::ArrayRef<double> beta2s, at::ArrayRef<double> epss,
+                 at::ArrayRef<double> weight_decays, const c10::List<bool>& decoupled) {
+  const std::vector<AdamParam> ps = adam_inputs(params, grads, exp_avgs, exp_avg_sqs, reserved, steps, lrs, beta1s,
+                                                beta2s, epss, weight_decays, decoupled);
   for (size_t t = 0; t < ps.size(); ++t) {
     const AdamParam& a = ps[t];
     const int64_t numel = a.param.numel();
     const int64_t cols = a.param.dim() ? matrix_shape(a.param).second : 1;
     const uint8_t* res = a.reserved.defined() ? a.reserved.data_ptr<uint8_t>() : nullptr;
+    const AdamCorrections c = adam_corrections(*a.step.data_ptr<double>(), a.lr, a.beta1, a.beta2);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.param.scalar_type(), "frozen_adam_", [&] {
       using A = acc_t<scalar_t>;
       scalar_t* p = a.param.data_ptr<scalar_t>();
       const scalar_t* g = a.grad.data_ptr<scalar_t>();
       scalar_t* m = a.exp_avg.data_ptr<scalar_t>();
       scalar_t* v = a.exp_avg_sq.data_ptr<scalar_t>();
-      const A neg_step_size = A(neg_step_sizes[t]), bc2_sqrt = A(bias_correction2_sqrts[t]);
+      const A neg_step_size = A(c.neg_step_size), bc2_sqrt = A(c.bias_correction2_sqrt);
       const int64_t nbytes = packed_cols(cols);
       at::parallel_for(0, numel, 32768, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           if (res && bit_at(res + (i / cols) * nbytes, i % cols)) continue;
           A pi = A(p[i]), mi = A(m[i]), vi = A(v[i]);
-          adam_at<A>(pi, A(g[i]), mi, vi, h, neg_step_size, bc2_sqrt);
+          adam_at<A>(pi, A(g[i]), mi, vi, a.h, neg_step_size, bc2_sqrt);
           p[i] = scalar_t(pi);
           m[i] = scalar_t(mi);
           v[i] = scalar_t(vi);
@@ -119,13 +119,13 @@ TORCH_LIBRARY(dgm, m) {
   m.def("pack_bits(Tensor mask) -> Tensor");
   m.def("unpack_bits(Tensor bits, int[] shape) -> Tensor");
   m.def("popcount(Tensor bits) -> Tensor");
-  m.def("masked_weight(Tensor weight, Tensor? logits, float s, Tensor? bits) -> Tensor");
-  m.def("masked_weight_backward(Tensor grad, Tensor weight, Tensor? logits, float s, Tensor? bits, "
+  m.def("masked_weight(Tensor weight, Tensor? logits, Tensor? s, Tensor? bits) -> Tensor");
+  m.def("masked_weight_backward(Tensor grad, Tensor weight, Tensor? logits, Tensor? s, Tensor? bits, "
         "Tensor? frozen_bits, Tensor? frozen_out, Tensor? frozen_in, int out_dim, bool weight_grad, "
         "bool logits_grad) -> (Tensor, Tensor)");
   m.def("frozen_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-        "Tensor?[] reserved, float[] neg_step_sizes, float[] bias_correction2_sqrts, float lr, float beta1, "
-        "float beta2, float eps, float weight_decay, bool decoupled) -> ()");
+        "Tensor?[] reserved, Tensor[] steps, float[] lrs, float[] beta1s, float[] beta2s, float[] epss, "
+        "float[] weight_decays, bool[] decoupled) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dgm, CPU, m) {

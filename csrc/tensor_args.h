@@ -104,28 +104,37 @@ inline at::Tensor checked_popcount(const at::Tensor& bits) {
 
 // The weight and its mask, checked, with the tensors the pointers of `args` point into.
 struct MaskedWeightInputs {
-  at::Tensor weight, logits, bits;
+  at::Tensor weight, logits, bits, s;
   MaskedWeight<void> args;
 };
 
 inline MaskedWeightInputs masked_weight_inputs(const at::Tensor& weight_in, const std::optional<at::Tensor>& logits_in,
-                                               double s, const std::optional<at::Tensor>& bits_in, const char* op) {
+                                               const std::optional<at::Tensor>& s_in,
+                                               const std::optional<at::Tensor>& bits_in, const char* op) {
   check_floating(weight_in, op, "weight");
   TORCH_CHECK(weight_in.dim() >= 1, op, ": weight must have at least one dimension");
   TORCH_CHECK(!(logits_in && bits_in), op, ": give the soft mask (logits) or the binary mask (bits), not both");
   MaskedWeightInputs in;
   in.weight = row_strided(weight_in);
   auto [rows, cols] = matrix_shape(in.weight);
-  in.args = {in.weight.data_ptr(), row_stride(in.weight), nullptr, 0, nullptr, 0, s, rows, cols, packed_cols(cols)};
+  in.args = {in.weight.data_ptr(), row_stride(in.weight), nullptr, 0, nullptr, 0, nullptr, false, rows, cols,
+             packed_cols(cols)};
   if (logits_in) {
     TORCH_CHECK(logits_in->sizes() == weight_in.sizes(), op, ": logits of shape ", logits_in->sizes(),
                 " do not match the weight's ", weight_in.sizes());
     TORCH_CHECK(logits_in->scalar_type() == weight_in.scalar_type(), op, ": logits dtype ",
                 logits_in->scalar_type(), " does not match the weight's ", weight_in.scalar_type());
     check_device(*logits_in, weight_in, op, "logits");
+    const bool s_double = weight_in.scalar_type() == at::kDouble;
+    TORCH_CHECK(s_in && s_in->dim() == 0 && s_in->scalar_type() == (s_double ? at::kDouble : at::kFloat), op,
+                ": the soft mask needs the sharpness s as a 0-d tensor, float64 for float64 weights, else float32");
+    check_device(*s_in, weight_in, op, "s");
     in.logits = row_strided(*logits_in);
     in.args.logits = in.logits.data_ptr();
     in.args.ldl = row_stride(in.logits);
+    in.s = *s_in;
+    in.args.s = in.s.data_ptr();
+    in.args.s_double = s_double;
   }
   if (bits_in) {
     in.bits = checked_bits(*bits_in, weight_in, op, "bits");
@@ -145,8 +154,8 @@ struct MaskedWeightGradInputs {
 // The op masked_weight on one device: checks and output allocation as every device has them;
 // `Fill(in, out)` writes the masked weight into the contiguous `out`.
 template <void (*Fill)(const MaskedWeightInputs&, const at::Tensor&)>
-at::Tensor masked_weight_op(const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
-                            const std::optional<at::Tensor>& bits) {
+at::Tensor masked_weight_op(const at::Tensor& weight, const std::optional<at::Tensor>& logits,
+                            const std::optional<at::Tensor>& s, const std::optional<at::Tensor>& bits) {
   MaskedWeightInputs in = masked_weight_inputs(weight, logits, s, bits, "masked_weight");
   at::Tensor out = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   Fill(in, out);
@@ -157,7 +166,8 @@ at::Tensor masked_weight_op(const at::Tensor& weight, const std::optional<at::Te
 // and the outputs are allocated (empty when not wanted) here; `Run(in)` writes them.
 template <void (*Run)(const MaskedWeightGradInputs&)>
 std::tuple<at::Tensor, at::Tensor> masked_weight_backward_op(
-    const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits, double s,
+    const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& logits,
+    const std::optional<at::Tensor>& s,
     const std::optional<at::Tensor>& bits, const std::optional<at::Tensor>& frozen_bits,
     const std::optional<at::Tensor>& frozen_out, const std::optional<at::Tensor>& frozen_in, int64_t out_dim,
     bool weight_grad, bool logits_grad) {
@@ -202,20 +212,32 @@ std::tuple<at::Tensor, at::Tensor> masked_weight_backward_op(
   return {in.grad_weight, in.grad_logits};
 }
 
-// One parameter's tensors of a frozen Adam step, checked.
+// One parameter's tensors of a frozen Adam step, checked, and its group's hyper-parameters.
 struct AdamParam {
-  at::Tensor param, grad, exp_avg, exp_avg_sq, reserved;
+  at::Tensor param, grad, exp_avg, exp_avg_sq, reserved, step;
+  AdamScalars h;
+  double lr, beta1, beta2;
 };
 
+inline AdamScalars adam_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                bool decoupled) {
+  return {1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2, eps, decoupled, weight_decay != 0};
+}
+
+// The per-parameter lists of frozen_adam_: parameters of any number of groups, each with its
+// group's hyper-parameters; `steps` are the parameters' step counts (0-d float64 tensors on the
+// parameters' device), already counting this step.
 inline std::vector<AdamParam> adam_inputs(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                                           at::TensorList exp_avg_sqs,
-                                          const c10::List<std::optional<at::Tensor>>& reserved,
-                                          at::ArrayRef<double> neg_step_sizes,
-                                          at::ArrayRef<double> bias_correction2_sqrts) {
+                                          const c10::List<std::optional<at::Tensor>>& reserved, at::TensorList steps,
+                                          at::ArrayRef<double> lrs, at::ArrayRef<double> beta1s,
+                                          at::ArrayRef<double> beta2s, at::ArrayRef<double> epss,
+                                          at::ArrayRef<double> weight_decays, const c10::List<bool>& decoupled) {
   const char* op = "frozen_adam_";
   const size_t n = params.size();
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && reserved.size() == n &&
-                  neg_step_sizes.size() == n && bias_correction2_sqrts.size() == n,
+                  steps.size() == n && lrs.size() == n && beta1s.size() == n && beta2s.size() == n &&
+                  epss.size() == n && weight_decays.size() == n && decoupled.size() == n,
               op, ": every per-parameter list must have one entry per parameter (", n, ")");
   std::vector<AdamParam> out;
   out.reserve(n);
@@ -233,7 +255,12 @@ inline std::vector<AdamParam> adam_inputs(at::TensorList params, at::TensorList 
                   t->device());
     TORCH_CHECK(exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous(), op, ": optimiser state [", i,
                 "] must be contiguous");
-    AdamParam a{p, grads[i].contiguous(), exp_avgs[i], exp_avg_sqs[i], at::Tensor()};
+    TORCH_CHECK(steps[i].dim() == 0 && steps[i].scalar_type() == at::kDouble && steps[i].device() == p.device(), op,
+                ": steps[", i, "] must be a 0-d float64 tensor on the parameter's device, got ", steps[i].sizes(),
+                " ", steps[i].scalar_type(), " on ", steps[i].device());
+    AdamParam a{p, grads[i].contiguous(), exp_avgs[i], exp_avg_sqs[i], at::Tensor(), steps[i],
+                adam_scalars(lrs[i], beta1s[i], beta2s[i], epss[i], weight_decays[i], decoupled.get(i)), lrs[i],
+                beta1s[i], beta2s[i]};
     std::optional<at::Tensor> r = reserved.get(i);
     if (r) {
       TORCH_CHECK(p.dim() >= 1, op, ": reserved bits need a parameter with at least one dimension");
@@ -242,11 +269,6 @@ inline std::vector<AdamParam> adam_inputs(at::TensorList params, at::TensorList 
     out.push_back(std::move(a));
   }
   return out;
-}
-
-inline AdamScalars adam_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
-                                bool decoupled) {
-  return {1 - lr * weight_decay, weight_decay, 1 - beta1, beta2, 1 - beta2, eps, decoupled, weight_decay != 0};
 }
 
 }  // namespace dgm

@@ -15,7 +15,9 @@ import math
 
 import torch
 
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
+def _shifts(device: torch.device) -> torch.Tensor:
+    """``0..7``, made on ``device`` (no copy from the host: a captured step may unpack)."""
+    return torch.arange(8, dtype=torch.uint8, device=device)
 
 
 def packed_cols(cols: int) -> int:
@@ -36,7 +38,7 @@ def pack(mask: torch.Tensor) -> torch.Tensor:
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
     groups = flat.reshape(rows, packed_cols(cols), 8).to(torch.uint8)
-    return (groups << _SHIFTS.to(mask.device)).sum(dim=-1, dtype=torch.uint8).reshape(rows, packed_cols(cols))
+    return (groups << _shifts(mask.device)).sum(dim=-1, dtype=torch.uint8).reshape(rows, packed_cols(cols))
 
 
 def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
@@ -50,7 +52,7 @@ def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Ten
             f"unpack: bits of shape {tuple(bits.shape)} do not hold a mask of shape {shape}; "
             f"expected ({rows}, {packed_cols(cols)})"
         )
-    expanded = (bits.unsqueeze(-1) >> _SHIFTS.to(bits.device)) & 1
+    expanded = (bits.unsqueeze(-1) >> _shifts(bits.device)) & 1
     return expanded.reshape(rows, packed_cols(cols) * 8)[:, :cols].bool().reshape(shape)
 
 

@@ -85,6 +85,9 @@ class TrainConfig:
                            metavar="{" + ",".join(BACKEND_CHOICES) + "}")
     fused: bool = setting(False, "use the fastest fused backend of the device (overrides --backend; falls back "
                                  "to the reference, with a warning, where none runs)", run_only=True)
+    capture: bool = setting(True, "on a CUDA device, capture the DGM training step once per task as a CUDA graph "
+                                  "and replay it (--no-capture: run every step eagerly); metrics.json says per "
+                                  "task whether it was captured", run_only=True)
     out: str = setting("runs/dgm", "output folder (checkpoints, logs, metrics.json)", run_only=True, metavar="DIR")
     resume: bool = setting(False, "continue from the latest checkpoint in --out", run_only=True)
     resume_from_valid: bool = setting(False, "continue from the newest checkpoint in --out that loads, when "

@@ -4,9 +4,16 @@ Zeroing a reserved weight's gradient does not freeze it: weight decay and the ru
 still move it. :class:`FrozenAdam` reads a packed bit mask per parameter (the :mod:`dgm.bits`
 layout of the parameter viewed as ``(shape[0], rest)``) and skips the reserved entries inside the
 update, so they and their ``exp_avg`` / ``exp_avg_sq`` stay bit-identical. One extension call
-(one CUDA launch) updates every parameter of a group; without the extension a pure-PyTorch path
-computes the same step. With no reserved masks it is ``torch.optim.Adam`` (or ``AdamW`` with
-``decoupled_weight_decay=True``).
+(one CUDA launch for up to 24 parameters) updates the parameters of every group; without the
+extension a pure-PyTorch path computes the same step. With no reserved masks it is
+``torch.optim.Adam`` (or ``AdamW`` with ``decoupled_weight_decay=True``).
+
+Every per-step value lives in device memory: each parameter's step count is a 0-d tensor on its
+device, counted up in place, and the bias corrections are computed from it there (by the
+extension's kernel, or by tensor ops), in double precision as ``torch.optim.Adam`` computes them
+on the host. So no step passes a new value through the host, consecutive steps dispatch the same
+ops, and a CUDA graph can replay the step. The learning rates and betas are the groups' numbers,
+the same at every step.
 """
 
 from __future__ import annotations
@@ -92,9 +99,8 @@ class FrozenAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        batches = defaultdict(list)  # (device, dtype) -> [(param, its group)], over every group
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            batches = defaultdict(list)  # (device, dtype) -> [(param, state, neg_step_size, bc2_sqrt)]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -102,47 +108,62 @@ class FrozenAdam(torch.optim.Optimizer):
                     raise RuntimeError("FrozenAdam does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0  # a host number: the bias corrections never read the device
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] = step = int(state["step"]) + 1
-                neg_step_size = -group["lr"] / (1 - beta1 ** step)
-                bc2_sqrt = (1 - beta2 ** step) ** 0.5
-                batches[(p.device, p.dtype)].append((p, state, neg_step_size, bc2_sqrt))
-            for (device, _), batch in batches.items():
-                if self._uses_extension(device):
-                    self._extension_step(group, batch)
-                else:
-                    for p, state, neg_step_size, bc2_sqrt in batch:
-                        self._reference_step(group, p, state, neg_step_size, bc2_sqrt)
+                batches[(p.device, p.dtype)].append((p, group))
+        for (device, _), batch in batches.items():
+            torch._foreach_add_([self.state[p]["step"] for p, _ in batch], 1.0)
+            if self._uses_extension(device):
+                self._extension_step(batch)
+            else:
+                self._reference_step(batch)
         return loss
 
-    def _extension_step(self, group, batch) -> None:
-        params, grads, exp_avgs, exp_avg_sqs, reserved, neg_step_sizes, bc2_sqrts = ([] for _ in range(7))
-        for p, state, neg_step_size, bc2_sqrt in batch:
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            bits = self._reserved.get(p)
-            reserved.append(None if bits is None else bits.to(p.device))
-            neg_step_sizes.append(neg_step_size)
-            bc2_sqrts.append(bc2_sqrt)
-        beta1, beta2 = group["betas"]
-        torch.ops.dgm.frozen_adam_(params, grads, exp_avgs, exp_avg_sqs, reserved, neg_step_sizes, bc2_sqrts,
-                                   group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
-                                   group["decoupled_weight_decay"])
+    def _extension_step(self, batch) -> None:
+        states = [self.state[p] for p, _ in batch]
+        groups = [g for _, g in batch]
+        torch.ops.dgm.frozen_adam_([p for p, _ in batch], [p.grad for p, _ in batch], [s["exp_avg"] for s in states],
+                                   [s["exp_avg_sq"] for s in states], [self._reserved.get(p) for p, _ in batch],
+                                   [s["step"] for s in states], [g["lr"] for g in groups],
+                                   [g["betas"][0] for g in groups], [g["betas"][1] for g in groups],
+                                   [g["eps"] for g in groups], [g["weight_decay"] for g in groups],
+                                   [g["decoupled_weight_decay"] for g in groups])
 
-    def _reference_step(self, group, p, state, neg_step_size, bc2_sqrt) -> None:
-        """torch.optim.Adam's single-tensor update; reserved entries are put back with ``where``."""
-        bits = self._reserved.get(p)
-        targets = (p, state["exp_avg"], state["exp_avg_sq"])
-        work = targets if bits is None else tuple(t.clone() for t in targets)
-        _adam_(*work, p.grad, group, neg_step_size, bc2_sqrt)
-        if bits is not None:
-            keep = _bits.unpack(bits.to(p.device), p.shape)
-            for target, new in zip(targets, work):
-                target.copy_(torch.where(keep, target, new))
+    def _reference_step(self, batch) -> None:
+        """torch.optim.Adam's single-tensor update, the bias corrections of each group's parameters
+        computed together; reserved entries are put back with ``where``."""
+        by_group = defaultdict(list)
+        for p, group in batch:
+            by_group[id(group)].append((p, group))
+        for members in by_group.values():
+            group = members[0][1]
+            corrections = _bias_corrections([self.state[p]["step"] for p, _ in members], group)
+            for (p, _), (neg_step_size, bc2_sqrt) in zip(members, zip(*corrections)):
+                state, bits = self.state[p], self._reserved.get(p)
+                targets = (p, state["exp_avg"], state["exp_avg_sq"])
+                work = targets if bits is None else tuple(t.clone() for t in targets)
+                _adam_(*work, p.grad, group, neg_step_size, bc2_sqrt)
+                if bits is not None:
+                    keep = _bits.unpack(bits, p.shape)
+                    for target, new in zip(targets, work):
+                        target.copy_(torch.where(keep, target, new))
+
+
+def _bias_corrections(steps: list[torch.Tensor], group) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``-lr / (1 - beta1^step)`` and ``sqrt(1 - beta2^step)`` of each step count (float64 0-d
+    tensors): torch.optim.Adam's host arithmetic, on the device, a few multi-tensor ops per group."""
+    beta1, beta2 = group["betas"]
+    bc1 = torch._foreach_pow(beta1, steps)
+    torch._foreach_neg_(bc1)
+    torch._foreach_add_(bc1, 1.0)
+    neg_step_sizes = torch._foreach_reciprocal(bc1)
+    torch._foreach_mul_(neg_step_sizes, -group["lr"])
+    bc2_sqrts = torch._foreach_pow(beta2, steps)
+    torch._foreach_neg_(bc2_sqrts)
+    torch._foreach_add_(bc2_sqrts, 1.0)
+    torch._foreach_sqrt_(bc2_sqrts)
+    return neg_step_sizes, bc2_sqrts
 
 
 def _adam_(p, exp_avg, exp_avg_sq, grad, group, neg_step_size, bc2_sqrt) -> None:
@@ -156,4 +177,5 @@ def _adam_(p, exp_avg, exp_avg_sq, grad, group, neg_step_size, bc2_sqrt) -> None
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(group["eps"])
-    p.addcdiv_(exp_avg, denom, value=neg_step_size)
+    # p += neg_step_size * exp_avg / denom, rounded as addcdiv_(value=neg_step_size) rounds it.
+    p.addcdiv_(exp_avg.mul(neg_step_size), denom)

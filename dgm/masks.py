@@ -1,6 +1,7 @@
 """The mask schedule and mask-gradient rules of DGM, as plain formulas.
 
-* :func:`sharpness` -- the annealed sharpness ``s`` of ``sigmoid(s * logits)``.
+* :func:`sharpness` -- the annealed sharpness ``s`` of ``sigmoid(s * logits)``;
+  :class:`SharpnessSchedule` -- the same for a training step, in device memory.
 * :func:`compensate_logit_grad_` -- HAT's embedding gradient compensation.
 * :func:`sparsity_regularizer` -- ``R = sum(m_t * (1 - m_<t)) / sum(1 - m_<t)`` over all layers.
 """
@@ -25,8 +26,34 @@ def sharpness(epoch: int, epochs: int, batch: int, batches: int, s_max: float) -
     return 1 / s_max + (s_max - 1 / s_max) * batch / max(batches - 1, 1)
 
 
-def compensate_logit_grad_(logits: torch.Tensor, s: float, s_max: float, clamp: float = 50.0) -> None:
-    """HAT's compensation, in place: ``grad *= s_max / s * (cosh(clamp(s*e)) + 1) / (cosh(e) + 1)``.
+class SharpnessSchedule:
+    """:func:`sharpness` of every batch of an epoch, with HAT's gain ``s_max / s``, in device memory,
+    and the position in the epoch as a device counter.
+
+    :meth:`next` hands a step its ``s`` without the host passing a value, so every step of a task
+    dispatches the same ops (what a CUDA graph replays). The table holds the host's double
+    precision values rounded once to float32, the precision the ops compute ``s * logits`` in:
+    the numbers are those of the host's schedule. The counter follows the task loop's batches
+    (:func:`dgm.methods.base.minibatches`): one :meth:`next` per batch, from the first.
+    """
+
+    def __init__(self, batches: int, s_max: float, device: torch.device | str | None = None):
+        values = [sharpness(0, 1, b, batches, s_max) for b in range(batches)]
+        self.table = torch.tensor([(s, s_max / s) for s in values], dtype=torch.float32, device=device)
+        self.batch = torch.zeros(1, dtype=torch.long, device=device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, s_max / s)`` of this batch as 0-d tensors; the counter moves to the next batch
+        (the first again after an epoch's last)."""
+        s, gain = self.table.index_select(0, self.batch)[0]
+        self.batch.add_(1).remainder_(self.table.shape[0])
+        return s, gain
+
+
+def compensate_logit_grad_(logits: torch.Tensor, s: float | torch.Tensor, gain: float | torch.Tensor,
+                           clamp: float = 50.0) -> None:
+    """HAT's compensation, in place: ``grad *= gain * (cosh(clamp(s*e)) + 1) / (cosh(e) + 1)`` with
+    ``gain = s_max / s`` (:class:`SharpnessSchedule` keeps both on the device).
 
     Without it the mask gradient ``s * m * (1 - m)`` vanishes while ``s`` is small (Serra et al.,
     HAT). The clamp keeps ``cosh`` finite.
@@ -36,7 +63,7 @@ def compensate_logit_grad_(logits: torch.Tensor, s: float, s_max: float, clamp: 
     e = logits.detach()
     num = torch.cosh(torch.clamp(s * e, -clamp, clamp)) + 1
     den = torch.cosh(e) + 1
-    logits.grad.mul_(s_max / s * num / den)
+    logits.grad.mul_(gain * num / den)
 
 
 def sparsity_regularizer(terms) -> torch.Tensor:
@@ -54,4 +81,4 @@ def sparsity_regularizer(terms) -> torch.Tensor:
     return num / max(den, 1)
 
 
-__all__ = ["sharpness", "compensate_logit_grad_", "sparsity_regularizer"]
+__all__ = ["SharpnessSchedule", "sharpness", "compensate_logit_grad_", "sparsity_regularizer"]

@@ -95,8 +95,9 @@ def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], histo
 
     ``history`` holds one entry per finished task under ``"test"`` (the row of ``(correct,
     total)`` pairs), ``"generator_params"`` and ``"wall_time_s"``; optionally ``"val"`` (the same
-    rows on validation data, reported when every task has validation data) and ``"growth"``
-    (the generator's units per layer after each task).
+    rows on validation data, reported when every task has validation data), ``"growth"``
+    (the generator's units per layer after each task) and ``"capture"`` (per task, whether its
+    training step ran as a CUDA graph, and if not why: :mod:`dgm.step_graph`).
     """
     test = AccuracyMatrix(history["test"])
     t = test.num_tasks
@@ -130,4 +131,6 @@ def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], histo
         out["val_A"] = [val.average_accuracy(i) for i in range(val.num_tasks)]
     if history.get("growth"):
         out["generator_units"] = [list(units) for units in history["growth"]]
+    if history.get("capture"):
+        out["step_capture"] = [dict(entry) for entry in history["capture"]]
     return out

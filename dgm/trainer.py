@@ -55,6 +55,7 @@ def run(config: TrainConfig, reporter: Reporter | None = None) -> dict:
             began = time.perf_counter()
             discriminator = learner.train_task(tasks[t], tasks[:t], reporter)
             history["wall_time_s"].append(time.perf_counter() - began)
+            history.setdefault("capture", []).append(learner.step_capture())
             history["test"].append(evaluate(discriminator, tasks[: t + 1], "test", config.batch_size, device))
             history["val"].append(evaluate(discriminator, tasks[: t + 1], "val", config.batch_size, device))
             params, units = learner.generator_size()

@@ -38,9 +38,11 @@ import triton.language as tl
 from . import launch
 from .jit_helpers import (
     MASK_BITS,
+    MASK_NONE,
     freeze_store,
     grad_mask_epilogue,
     load_masked_weight,
+    load_sharpness,
     replay_tasks,
     tile_offsets,
     unit_epilogue,
@@ -122,8 +124,8 @@ def _conv_kernel(
         perm_ptr, task_ptr,
         # Epilogue: bias [N] with its logits or bits, unit scale ([N] or [B, N]), pre-scale copy.
         bias_ptr, bl_ptr, bb_ptr, scale_ptr, pre_ptr,
-        # Sizes and the mask sharpness.
-        BATCH, C, IH, IW, N, OH, OW, KH, KW, s,
+        # Sizes, and the mask sharpness's address.
+        BATCH, C, IH, IW, N, OH, OW, KH, KW, s_ptr,
         # Geometry, and the tap and input steps of a transposed conv's phases (_phase_steps).
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w, dstep_h, dstep_w,
         # Strides: input, weight, logits, bits (task, row, byte), bias bits (task, unit), scale, output.
@@ -134,6 +136,7 @@ def _conv_kernel(
         BIAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
         # Tile shape (autotuned).
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, BIAS_MASK)
     if TRANSPOSED:
         rh = tl.program_id(1) // stride_w
         rw = tl.program_id(1) % stride_w
@@ -221,8 +224,8 @@ def _conv_wgrad_kernel(
         l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr,
         # Outputs: grad_W, grad_logits.
         gw_ptr, gl_ptr,
-        # Sizes, number of tasks, positions per split-K program, the mask sharpness.
-        R, A, KH, KW, BATCH, PH, PW, QH, QW, T, CHUNK, s,
+        # Sizes, number of tasks, positions per split-K program, the mask sharpness's address.
+        R, A, KH, KW, BATCH, PH, PW, QH, QW, T, CHUNK, s_ptr,
         # Geometry of the forward conv.
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         # Strides: P, Q, W, logits, bits (task, row, byte), frozen bits, grad_W, grad_logits.
@@ -234,6 +237,7 @@ def _conv_wgrad_kernel(
         PREC: tl.constexpr,
         # Tile shape (autotuned).
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, MASK_NONE)
     C = A * KH * KW
     # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
     lo = tl.program_id(1) * CHUNK
@@ -298,7 +302,7 @@ def output_format(x: torch.Tensor) -> torch.memory_format:
 
 
 def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, transposed: bool,
-            stride, padding, dilation, logits=None, s: float = 1.0, bits=None, perm=None, sorted_task=None,
+            stride, padding, dilation, logits=None, s=None, bits=None, perm=None, sorted_task=None,
             bias=None, bias_logits=None, bias_bits=None, scale=None, write_pre: bool = False):
     """``conv2d`` (``transposed=False``, weight ``[N, C, kh, kw]``) or ``conv_transpose2d``
     (weight ``[C, N, kh, kw]``) of ``x`` ``[B, C, H, W]`` with the masked weight, output spatial
@@ -325,7 +329,7 @@ def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, t
         logits, bits,
         perm, sorted_task,
         bias, bias_logits, bias_bits, scale, pre,
-        B, C, IH, IW, N, OH, OW, KH, KW, float(s),
+        B, C, IH, IW, N, OH, OW, KH, KW, s,
         sh, sw, ph, pw, dh, dw, step_h, step_w, dstep_h, dstep_w,
         *x.stride(), *weight.stride(), *launch.strides(logits, 4), *launch.task_strides(bits),
         *launch.task_strides(bias_bits)[:2], *launch.scale_strides(scale), *y.stride(),
@@ -337,7 +341,7 @@ def conv_mm(x: torch.Tensor, weight: torch.Tensor, out_hw: tuple[int, int], *, t
 
 
 def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride, padding, dilation, logits=None,
-               s: float = 1.0, bits=None, perm=None, task_offsets=None, frozen_bits=None, frozen_out=None,
+               s=None, bits=None, perm=None, task_offsets=None, frozen_bits=None, frozen_out=None,
                frozen_in=None, out_on_rows: bool = True, write_w: bool = True, write_logits: bool = False):
     """``G[r, a, kh, kw] = sum P[b, r, h, w] Q[b, a, h * stride - pad + kh * dil, ...]`` (the
     weight's shape) with the masked-gradient epilogue. Returns ``(grad_w, grad_logits)``, each
@@ -364,8 +368,7 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
         p, q, weight,
         logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),
         gw if gw is not None else spare, gl if gl is not None else spare,
-        R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, triton.cdiv(length, splits),
-        float(s),
+        R, A, KH, KW, B, PH, PW, QH, QW, bits.shape[0] if perm is not None else 1, triton.cdiv(length, splits), s,
         sh, sw, ph, pw, dh, dw,
         *p.stride(), *q.stride(), *weight.stride(), *launch.strides(logits, 4), *launch.task_strides(bits),
         *launch.strides(frozen_bits, 2), *launch.strides(gw, 4), *launch.strides(gl, 4),

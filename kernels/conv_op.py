@@ -24,7 +24,7 @@ GEOMETRY = ("transposed", "stride", "padding", "dilation", "out_size")
 
 @torch.library.custom_op("dgm::masked_conv", mutates_args=())
 def masked_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], logits: Optional[Tensor],
-                bias_logits: Optional[Tensor], s: float, bits: Optional[Tensor], bias_bits: Optional[Tensor],
+                bias_logits: Optional[Tensor], s: Optional[Tensor], bits: Optional[Tensor], bias_bits: Optional[Tensor],
                 perm: Optional[Tensor], sorted_task: Optional[Tensor], task_offsets: Optional[Tensor],
                 frozen_bits: Optional[Tensor], frozen_bias_bits: Optional[Tensor], frozen_out: Optional[Tensor],
                 frozen_in: Optional[Tensor], unit_scale: Optional[Tensor], save_pre: bool, transposed: bool,
@@ -48,7 +48,7 @@ def _(x, weight, *args):
 
 
 @torch.library.custom_op("dgm::masked_conv_backward", mutates_args=())
-def masked_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, logits: Optional[Tensor], s: float,
+def masked_conv_backward(grad: Tensor, x: Tensor, weight: Tensor, logits: Optional[Tensor], s: Optional[Tensor],
                          bits: Optional[Tensor], perm: Optional[Tensor], sorted_task: Optional[Tensor],
                          task_offsets: Optional[Tensor], frozen_bits: Optional[Tensor],
                          frozen_out: Optional[Tensor], frozen_in: Optional[Tensor], transposed: bool,

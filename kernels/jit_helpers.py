@@ -23,6 +23,18 @@ NO_TASK = tl.constexpr(2**31 - 1)
 
 
 @triton.jit
+def load_sharpness(s_ptr, MASK: tl.constexpr, BIAS_MASK: tl.constexpr):
+    """The soft masks' sharpness ``s``, read from device memory (a 0-d float32 tensor, so a step's
+    value never passes through the host); 1 when neither mask is soft (``s_ptr`` may be None)."""
+    s = 1.0
+    if MASK == MASK_SOFT:
+        s = tl.load(s_ptr)
+    if BIAS_MASK == MASK_SOFT:
+        s = tl.load(s_ptr)
+    return s
+
+
+@triton.jit
 def tile_offsets(GRID_A, A, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, GROUP: tl.constexpr):
     """This program's output tile: ``(offs_a, offs_b, offs_a < A, offs_b < B)``. Tiles go in
     grouped order over a grid of ``GRID_A`` rows (``>= A``), so neighbouring programs share rows

@@ -32,10 +32,12 @@ import triton.language as tl
 from . import launch
 from .jit_helpers import (
     MASK_BITS,
+    MASK_NONE,
     apply_mask,
     freeze_store,
     grad_mask_epilogue,
     load_masked_weight,
+    load_sharpness,
     replay_tasks,
     tile_offsets,
     unit_epilogue,
@@ -77,8 +79,8 @@ def _masked_mm_kernel(
         perm_ptr, task_ptr,
         # Epilogue: bias [N] with its logits or bits, unit scale ([N] or [M, N]), pre-scale copy.
         bias_ptr, bl_ptr, bb_ptr, scale_ptr, pre_ptr,
-        # Sizes and the mask sharpness.
-        M, N, K, s,
+        # Sizes, and the mask sharpness's address.
+        M, N, K, s_ptr,
         # Strides: A, W, logits, bits (task, row, byte), bias bits (task, unit), scale, C.
         sa_m, sa_k, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, sbb_t, sbb_u, ss_m, ss_n, sc_m, sc_n,
         # What to compute.
@@ -86,6 +88,7 @@ def _masked_mm_kernel(
         BIAS_MASK: tl.constexpr, HAS_SCALE: tl.constexpr, WRITE_PRE: tl.constexpr, PREC: tl.constexpr,
         # Tile shape (autotuned).
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, BIAS_MASK)
     offs_m, offs_n, m_ok, n_ok = tile_offsets(M, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if PER_ROW:
@@ -134,8 +137,8 @@ def _masked_wgrad_kernel(
         l_ptr, bits_ptr, perm_ptr, off_ptr, fbits_ptr, fout_ptr, fin_ptr,
         # Outputs: grad_W, grad_logits.
         gw_ptr, gl_ptr,
-        # Sizes, number of tasks, the mask sharpness.
-        R, C, B, T, s,
+        # Sizes, number of tasks, the mask sharpness's address.
+        R, C, B, T, s_ptr,
         # Strides: P, Q, W, logits, bits (task, row, byte), frozen bits, grad_W, grad_logits.
         sp_b, sp_r, sq_b, sq_c, sw_0, sw_1, sl_0, sl_1, sb_t, sb_0, sb_1, sf_0, sf_1, sgw_0, sgw_1, sgl_0, sgl_1,
         # What to compute.
@@ -143,6 +146,7 @@ def _masked_wgrad_kernel(
         WRITE_W: tl.constexpr, WRITE_L: tl.constexpr, PREC: tl.constexpr,
         # Tile shape (autotuned).
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, MASK_NONE)
     offs_r, offs_c, r_ok, c_ok, ok, wr, wc, b_off = weight_tile(R, C, sb_0, sb_1, BLOCK_R, BLOCK_C, GROUP_R)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
@@ -166,7 +170,7 @@ def _masked_wgrad_kernel(
                      wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, 1, FROZEN, True, HAS_IN_RES)
 
 
-def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s: float = 1.0, bits=None,
+def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s=None, bits=None,
               perm=None, sorted_task=None, bias=None, bias_logits=None, bias_bits=None, scale=None,
               write_pre: bool = False):
     """``A @ op(W * m)`` (+ masked bias, * unit scale), ``op`` = transpose if ``w_rows_are_n``.
@@ -187,7 +191,7 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
         logits, bits,
         perm, sorted_task,
         bias, bias_logits, bias_bits, scale, pre,
-        M, N, K, float(s),
+        M, N, K, s,
         *a.stride(), *w.stride(), *launch.strides(logits, 2), *launch.task_strides(bits),
         *launch.task_strides(bias_bits)[:2], *launch.scale_strides(scale), *c.stride(),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None, W_ROWS_ARE_N=w_rows_are_n,
@@ -197,7 +201,7 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
     return c, pre
 
 
-def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=None, s: float = 1.0, bits=None,
+def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=None, s=None, bits=None,
                  perm=None, task_offsets=None, frozen_bits=None, frozen_out=None, frozen_in=None,
                  write_w: bool = True, write_logits: bool = False):
     """``G = P^T Q`` (``[R, C]``, the weight's shape) with the masked-gradient epilogue.
@@ -217,7 +221,7 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         p, q, w,
         logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),
         gw, gl,
-        R, C, B, T, float(s),
+        R, C, B, T, s,
         *p.stride(), *q.stride(), *w.stride(), *launch.strides(logits, 2), *launch.task_strides(bits),
         *launch.strides(frozen_bits, 2), *launch.strides(gw, 2), *launch.strides(gl, 2),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None,

@@ -18,7 +18,7 @@ from .mask_args import MaskArgs, check_masks
 
 @torch.library.custom_op("dgm::masked_gemm", mutates_args=())
 def masked_gemm(x: Tensor, weight: Tensor, bias: Optional[Tensor], logits: Optional[Tensor],
-                bias_logits: Optional[Tensor], s: float, bits: Optional[Tensor], bias_bits: Optional[Tensor],
+                bias_logits: Optional[Tensor], s: Optional[Tensor], bits: Optional[Tensor], bias_bits: Optional[Tensor],
                 perm: Optional[Tensor], sorted_task: Optional[Tensor], task_offsets: Optional[Tensor],
                 frozen_bits: Optional[Tensor], frozen_bias_bits: Optional[Tensor], frozen_out: Optional[Tensor],
                 frozen_in: Optional[Tensor], unit_scale: Optional[Tensor], save_pre: bool) -> tuple[Tensor, Tensor]:
@@ -37,7 +37,7 @@ def _(x, weight, *masks):
 
 
 @torch.library.custom_op("dgm::masked_gemm_backward", mutates_args=())
-def masked_gemm_backward(grad: Tensor, x: Tensor, weight: Tensor, logits: Optional[Tensor], s: float,
+def masked_gemm_backward(grad: Tensor, x: Tensor, weight: Tensor, logits: Optional[Tensor], s: Optional[Tensor],
                          bits: Optional[Tensor], perm: Optional[Tensor], sorted_task: Optional[Tensor],
                          task_offsets: Optional[Tensor], frozen_bits: Optional[Tensor],
                          frozen_out: Optional[Tensor], frozen_in: Optional[Tensor], need_x: bool, need_w: bool,

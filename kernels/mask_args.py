@@ -37,7 +37,7 @@ class MaskArgs(NamedTuple):
     bias: Tensor | None
     logits: Tensor | None
     bias_logits: Tensor | None
-    s: float
+    s: Tensor | None                # 0-d float32 (read by the kernels), with a soft mask
     bits: Tensor | None             # one task's, or [tasks, ...] with the replay order below
     bias_bits: Tensor | None
     perm: Tensor | None             # replay: batch rows sorted by task,
@@ -49,6 +49,14 @@ class MaskArgs(NamedTuple):
     frozen_in: Tensor | None        # and input units (None: every input)
     unit_scale: Tensor | None
     save_pre: bool                  # keep the pre-scale output for the unit_scale gradient
+
+
+def sharpness(s, device) -> Tensor:
+    """``s`` (a number or a tensor) as the 0-d float32 tensor on ``device`` the kernels read: a
+    step's value stays in device memory (a layer's ``s`` is such a tensor already: no op then)."""
+    if isinstance(s, Tensor):
+        return s.to(device=device, dtype=torch.float32)
+    return torch.full((), s, dtype=torch.float32, device=device)
 
 
 def replay_order(row_task: Tensor, tasks: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,5 +130,6 @@ def check_masks(op: str, x: Tensor, weight: Tensor, out_units: int, in_units: in
         shape = (out_units,) if unit_scale.dim() == 1 else (batch, out_units)
         _check(f"{op}: unit_scale", unit_scale, shape, FLOATS, dev)
     save_pre = unit_scale is not None and unit_scale.requires_grad and torch.is_grad_enabled()
-    return MaskArgs(bias, logits, bias_logits, float(s), bits, bias_bits, perm, sorted_task, offsets, frozen_bits,
+    s = sharpness(s, dev) if logits is not None or bias_logits is not None else None
+    return MaskArgs(bias, logits, bias_logits, s, bits, bias_bits, perm, sorted_task, offsets, frozen_bits,
                     frozen_bias_bits, frozen_out, frozen_in, unit_scale, save_pre)

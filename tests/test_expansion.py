@@ -129,7 +129,7 @@ def test_growth_keeps_earlier_tasks_bit_identical(name, kind):
     recorded = []  # (task, input, output)
     growth = [(3, 2), (1, 1), (6, 2)]  # reallocates, fits in the doubled capacity, reallocates again
     for task, (out_extra, in_extra) in enumerate(growth):
-        layer.s = 1.0
+        layer.set_sharpness(1.0)
         _train(model, opt, guard, 4, name, seed=10 + task)
         layer.consolidate()
         guard.refresh()

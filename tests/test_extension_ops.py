@@ -58,10 +58,11 @@ def test_fused_passes_are_registered_for_torch_compile():
     w, logits = torch.randn(7, 9, 3, 3), torch.randn(7, 9, 3, 3)
     bits = _bits.pack(torch.rand(7, 9, 3, 3) < 0.5)
     out_res, in_res = torch.rand(9) < 0.5, torch.rand(7) < 0.5
-    torch.library.opcheck(torch.ops.dgm.masked_weight.default, (w, logits, 1.5, None))
-    torch.library.opcheck(torch.ops.dgm.masked_weight.default, (w, None, 1.0, bits))
+    s = torch.tensor(1.5)  # the sharpness as the layers keep it: a 0-d float32 tensor
+    torch.library.opcheck(torch.ops.dgm.masked_weight.default, (w, logits, s, None))
+    torch.library.opcheck(torch.ops.dgm.masked_weight.default, (w, None, None, bits))
     torch.library.opcheck(torch.ops.dgm.masked_weight_backward.default,
-                          (torch.randn_like(w), w, logits, 1.5, None, None, out_res, in_res, 1, True, True))
+                          (torch.randn_like(w), w, logits, s, None, None, out_res, in_res, 1, True, True))
 
 
 def test_row_strided_bits_are_read_in_place():
@@ -100,7 +101,7 @@ def test_grown_layer_matches_reference(mask, device):
     layer.consolidate()
     layer.expand(out_extra=4, in_extra=1)
     _randomise_logits(layer, g)
-    layer.s = 3.0
+    layer.set_sharpness(3.0)
     if mask == "activation":
         layer.set_input_reserved((torch.rand(layer.in_units, generator=g) < 0.5).to(device))
     fused = copy.deepcopy(layer)

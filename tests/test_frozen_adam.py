@@ -130,8 +130,9 @@ def test_step_op_is_registered_for_torch_compile():
     """Schema (which lists it mutates), fake kernel and their agreement, as torch checks them."""
     ps = [torch.randn(4, 5), torch.randn(3)]
     args = (ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
-            [torch.zeros_like(p) for p in ps], [_bits.pack(torch.rand(4, 5) < 0.5), None], [-0.01, -0.02],
-            [0.1, 0.2], 0.01, 0.9, 0.999, 1e-8, 0.1, True)
+            [torch.zeros_like(p) for p in ps], [_bits.pack(torch.rand(4, 5) < 0.5), None],
+            [torch.tensor(1.0, dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)], [0.01, 0.02],
+            [0.9, 0.8], [0.999, 0.99], [1e-8, 1e-6], [0.1, 0.0], [True, False])
     torch.library.opcheck(torch.ops.dgm.frozen_adam_.default, args)
 
 

@@ -22,7 +22,7 @@ def _two_tasks(layer):
     with torch.no_grad():
         for p in layer.logits():
             p.normal_()
-    layer.s = 2.5
+    layer.set_sharpness(2.5)
     return layer
 
 

@@ -90,7 +90,7 @@ def test_drop_in_with_all_ones_mask(spec, kind):
         twin.bias.copy_(layer.bias)
         for p in layer.logits():
             p.fill_(10.0)
-    layer.s = layer.s_max
+    layer.set_sharpness(layer.s_max)
     x = spec.x(3, spec.args[0], seed=1)
     assert torch.equal(layer(x), twin(x))
     assert torch.equal(layer(x[0]), twin(x[0]))  # an unbatched input too
@@ -100,7 +100,7 @@ def test_drop_in_with_all_ones_mask(spec, kind):
 def test_linear_accepts_leading_dims(kind):
     layer = dgm.MaskedLinear(6, 4, mask=kind, backend="reference", dtype=DT)
     _randomise_logits(layer, 2)
-    layer.s = 1.7
+    layer.set_sharpness(1.7)
     x = torch.randn(2, 3, 6, dtype=DT)
     if kind == "weight":
         expected = F.linear(x, layer.weight * torch.sigmoid(1.7 * layer.mask_logits),
@@ -115,7 +115,7 @@ def test_linear_accepts_leading_dims(kind):
 def test_current_task_forward_is_the_soft_masked_op(spec, kind):
     layer = spec.layer(kind)
     _randomise_logits(layer, 4)
-    layer.s = 2.3
+    layer.set_sharpness(2.3)
     x = spec.x(2, spec.args[0], seed=5)
     w, b = layer.weight, layer.bias
     if kind == "weight":
@@ -293,7 +293,7 @@ def test_current_task_cannot_move_reserved_weights(spec, kind):
     if kind == "activation":
         layer.set_input_reserved(torch.arange(layer.in_units) % 2 == 0)
     _randomise_logits(layer, 61)
-    layer.s = 1.0
+    layer.set_sharpness(1.0)
     g = torch.Generator().manual_seed(62)
     y = layer(spec.x(3, layer.in_units, seed=63))
     (y * torch.randn(y.shape, generator=g, dtype=DT)).sum().backward()
@@ -316,7 +316,7 @@ def test_current_task_cannot_move_reserved_weights(spec, kind):
 @pytest.mark.parametrize("bias", [True, False])
 def test_state_dict_round_trip_into_a_fresh_layer(spec, kind, bias):
     layer, _ = _train_three_widths(spec, kind, bias)
-    layer.s = 3.0
+    layer.set_sharpness(3.0)
     fresh = spec.layer(kind, bias)
     fresh.load_state_dict(layer.state_dict(), resize=True)
     assert fresh.task == layer.task and [fresh.sizes(t) for t in range(3)] == [layer.sizes(t) for t in range(3)]
@@ -373,7 +373,7 @@ def test_version_1_state_dict_loads(spec, kind, bias):
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_deferred_unit_mask_leaves_masking_to_the_owner(spec):
     layer, _ = _train_three_widths(spec, "activation")
-    layer.s = 1.3
+    layer.set_sharpness(1.3)
     rows = torch.tensor([0, 1, 1])
     cases = [(None, spec.x(2, layer.in_units)), (1, spec.x(2, layer.sizes(1)[1])),
              (rows, _rows_input(spec, layer, rows, "activation", seed=80))]
@@ -445,7 +445,7 @@ def test_rejects_bad_per_row_ids(spec, kind):
     _randomise_logits(layer, 1)
     layer.consolidate()
     for rows in (torch.tensor([0, 1]), torch.tensor([-1, 0])):  # 1 is the task being learned
-        with pytest.raises(ValueError, match=r"consolidated tasks: consolidated tasks are 0\.\.0"):
+        with pytest.raises(RuntimeError, match="consolidated tasks"):  # checked on the device, never read back
             layer(x, task=rows)
     for rows in (torch.tensor([0, 0, 0]), torch.tensor([0.0, 0.0]), torch.tensor([False, False]),
                  torch.zeros(2, 1).long()):

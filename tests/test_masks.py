@@ -42,7 +42,7 @@ def test_compensate_logit_grad_equals_hat_formula(s, s_max):
     grad = torch.randn(40, generator=g, dtype=torch.float64)
     logits = e.clone().requires_grad_(True)
     logits.grad = grad.clone()
-    masks.compensate_logit_grad_(logits, s, s_max)
+    masks.compensate_logit_grad_(logits, s, s_max / s)
     expected = []
     for ei, gi in zip(e.tolist(), grad.tolist()):
         se = min(max(s * ei, -50.0), 50.0)
@@ -72,7 +72,7 @@ def _set_logits(layer, seed):
 
 def _hand_terms(layer):
     """(mask values, reserved flags) of every mask entry of ``layer``, written from its public state."""
-    s = layer.s
+    s = float(layer.s)
     if layer.mask == "weight":
         o = layer.out_units
         w_shape = layer.active_weight().shape
@@ -103,7 +103,7 @@ def test_sparsity_regularizer_equals_hand_formula(kind):
     layers[1].expand(in_extra=2, out_extra=1)
     for k, layer in enumerate(layers):
         _set_logits(layer, 20 + k)
-        layer.s = 0.7
+        layer.set_sharpness(0.7)
     assert all(layer.reserved_count() > 0 for layer in layers)
     num = den = 0.0
     for layer in layers:
@@ -116,7 +116,7 @@ def test_sparsity_regularizer_equals_hand_formula(kind):
     reg.backward()
     for layer in layers:
         m, r = _hand_terms(layer)
-        expected = torch.tensor([0.0 if ri else layer.s * mi * (1 - mi) / den for mi, ri in zip(m, r)],
+        expected = torch.tensor([0.0 if ri else float(layer.s) * mi * (1 - mi) / den for mi, ri in zip(m, r)],
                                 dtype=torch.float64)
         if kind == "weight":
             w_shape = layer.active_weight().shape
@@ -134,7 +134,7 @@ def test_sparsity_regularizer_of_a_first_task_is_the_mean_mask(kind):
               dgm.MaskedConv2d(3, 2, 2, bias=False, mask=kind, backend="reference", dtype=torch.float64)]
     for k, layer in enumerate(layers):
         _set_logits(layer, 30 + k)
-        layer.s = 2.5
+        layer.set_sharpness(2.5)
     values = [mi for layer in layers for mi in _hand_terms(layer)[0]]
     reg = masks.sparsity_regularizer(layer.mask_usage() for layer in layers)
     assert math.isclose(reg.item(), sum(values) / len(values), rel_tol=1e-12)

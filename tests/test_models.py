@@ -107,6 +107,19 @@ def test_generator_errors():
         MLPGenerator(4, NUM_CLASSES)
 
 
+def test_generate_checks_its_rows_on_the_device():
+    """Replay never reads the device: bad rows fail on the device (a RuntimeError on the CPU)."""
+    g = make("mlp", "weight")
+    g.prepare_task([0])
+    with pytest.raises(ValueError, match="no task is consolidated"):
+        g.generate(torch.tensor([0]), torch.tensor([0]))
+    g.consolidate_and_expand()
+    with pytest.raises(RuntimeError, match="class has no head"):
+        g.generate(torch.tensor([0, 5]), torch.tensor([0, 0]))
+    with pytest.raises(RuntimeError, match="must name consolidated tasks 0..0"):
+        g.generate(torch.tensor([0, 0]), torch.tensor([0, 1]))
+
+
 def test_noise_carries_one_hot_label():
     g = make("mlp", "weight")
     labels = torch.tensor([2, 0, 5])

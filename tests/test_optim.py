@@ -64,7 +64,7 @@ def _train(net, opt, steps, seed):
         z = torch.randn(5, net.fc.in_units, generator=g, dtype=DT)
         target = torch.randn(5, net.out.out_units, 4, 4, generator=g, dtype=DT)
         for layer in net.layers:
-            layer.s = 2.0
+            layer.set_sharpness(2.0)
         loss = ((net(z) - target) ** 2).mean() + 0.1 * sparsity_regularizer(l.mask_usage() for l in net.layers)
         opt.zero_grad()
         loss.backward()

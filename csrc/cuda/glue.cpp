@@ -63,31 +63,30 @@ void masked_weight_backward_cuda(const MaskedWeightGradInputs& in) {
 
 void frozen_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                       at::TensorList exp_avg_sqs, const c10::List<std::optional<at::Tensor>>& reserved,
-                      at::ArrayRef<double> neg_step_sizes, at::ArrayRef<double> bias_correction2_sqrts, double lr,
-                      double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
-  const std::vector<AdamParam> ps =
-      adam_inputs(params, grads, exp_avgs, exp_avg_sqs, reserved, neg_step_sizes, bias_correction2_sqrts);
+                      at::TensorList steps, at::ArrayRef<double> lrs, at::ArrayRef<double> beta1s,
+                      at::ArrayRef<double> beta2s, at::ArrayRef<double> epss, at::ArrayRef<double> weight_decays,
+                      const c10::List<bool>& decoupled) {
+  const std::vector<AdamParam> ps = adam_inputs(params, grads, exp_avgs, exp_avg_sqs, reserved, steps, lrs, beta1s,
+                                                beta2s, epss, weight_decays, decoupled);
   if (ps.empty()) return;
   c10::cuda::CUDAGuard guard(ps[0].param.device());
-  // The per-tensor table goes to the device in one copy from pinned memory; the caching host
-  // allocator keeps the pinned buffer alive until the copy on this stream is done.
-  const int64_t table_bytes = static_cast<int64_t>(ps.size() * sizeof(AdamTensor));
-  at::Tensor host = at::empty({table_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  auto* table = reinterpret_cast<AdamTensor*>(host.data_ptr<uint8_t>());
-  int64_t blocks = 0;
-  for (size_t i = 0; i < ps.size(); ++i) {
-    const AdamParam& a = ps[i];
-    const int64_t numel = a.param.numel();
-    const int64_t cols = a.param.dim() ? matrix_shape(a.param).second : 1;
-    table[i] = {a.param.data_ptr(), a.grad.data_ptr(), a.exp_avg.data_ptr(), a.exp_avg_sq.data_ptr(),
-                a.reserved.defined() ? a.reserved.data_ptr<uint8_t>() : nullptr, numel, cols, packed_cols(cols),
-                neg_step_sizes[i], bias_correction2_sqrts[i], blocks};
-    blocks += (numel + kAdamChunk - 1) / kAdamChunk;
+  // The table rides in the kernel's arguments, kAdamTensorsPerLaunch tensors a launch.
+  for (size_t first = 0; first < ps.size(); first += kAdamTensorsPerLaunch) {
+    AdamLaunch launch{};
+    int64_t blocks = 0;
+    for (size_t i = first; i < ps.size() && launch.count < kAdamTensorsPerLaunch; ++i) {
+      const AdamParam& a = ps[i];
+      const int64_t numel = a.param.numel();
+      const int64_t cols = a.param.dim() ? matrix_shape(a.param).second : 1;
+      launch.tensors[launch.count++] = {a.param.data_ptr(), a.grad.data_ptr(), a.exp_avg.data_ptr(),
+                                        a.exp_avg_sq.data_ptr(),
+                                        a.reserved.defined() ? a.reserved.data_ptr<uint8_t>() : nullptr,
+                                        a.step.data_ptr<double>(), numel, cols, packed_cols(cols), a.h, a.lr,
+                                        a.beta1, a.beta2, blocks};
+      blocks += (numel + kAdamChunk - 1) / kAdamChunk;
+    }
+    C10_CUDA_CHECK(frozen_adam(dtype_of(ps[0].param), launch, blocks, stream()));
   }
-  at::Tensor device_table = host.to(ps[0].param.device(), /*non_blocking=*/true);
-  C10_CUDA_CHECK(frozen_adam(dtype_of(ps[0].param), reinterpret_cast<const AdamTensor*>(device_table.data_ptr()),
-                             static_cast<int>(ps.size()), blocks,
-                             adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled), stream()));
 }
 
 }  // namespace

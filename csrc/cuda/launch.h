@@ -23,23 +23,34 @@ cudaError_t popcount(const uint8_t* bits, int64_t n, unsigned long long* count, 
 cudaError_t masked_weight(Dtype dtype, const MaskedWeight<void>& args, void* out, cudaStream_t stream);
 cudaError_t masked_weight_grad(Dtype dtype, const MaskedWeightGrad<void>& args, cudaStream_t stream);
 
-// One parameter of a multi-tensor Adam step; an array of these lives in device memory.
+// One parameter of a multi-tensor Adam step, with its group's hyper-parameters.
 struct AdamTensor {
   void* param;
   const void* grad;
   void* exp_avg;
   void* exp_avg_sq;
   const uint8_t* reserved;  // packed bits of the parameter as (shape[0], rest), or null
+  const double* step;       // its step count (this step included), in device memory
   int64_t numel, cols, nbytes;
-  double neg_step_size, bias_correction2_sqrt;
+  AdamScalars h;
+  double lr, beta1, beta2;
   int64_t first_block;      // blocks [first_block, next tensor's first_block) update this tensor
 };
 
 // Number of entries one block updates; the host sizes `first_block` with it.
 constexpr int64_t kAdamChunk = 4096;
+constexpr int kAdamTensorsPerLaunch = 24;
 
-// One launch updates every tensor: `tensors` (device) holds `count` entries, `blocks` in all.
-cudaError_t frozen_adam(Dtype dtype, const AdamTensor* tensors, int count, int64_t blocks, const AdamScalars& h,
-                        cudaStream_t stream);
+// The tensors of one launch, passed by value as the kernel's argument (as torch's
+// multi_tensor_apply passes its pointers): no step allocates a table or copies one to the
+// device, and a captured launch keeps its own. Kernel arguments may take 4 KiB.
+struct AdamLaunch {
+  AdamTensor tensors[kAdamTensorsPerLaunch];
+  int count;
+};
+static_assert(sizeof(AdamLaunch) <= 4096, "AdamLaunch must fit the 4 KiB of kernel arguments");
+
+// One launch updates the `launch.count` tensors of `launch`, `blocks` in all.
+cudaError_t frozen_adam(Dtype dtype, const AdamLaunch& launch, int64_t blocks, cudaStream_t stream);
 
 }  // namespace dgm::cuda

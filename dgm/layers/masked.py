@@ -114,7 +114,6 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"s_max must be a finite number >= 1, got {s_max!r}")
         self.backend = ops.check_backend(backend)
         self.s_max = float(s_max)
-        self.s = 1.0 / self.s_max
         # weight_init(w) fills w in place: the whole active weight at construction, the blocks of
         # new entries at growth, so it must draw each entry on its own (as DCGAN's N(0, 0.02)).
         self.weight_init = weight_init
@@ -126,6 +125,12 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
             self.bias = nn.Parameter(torch.empty(out_units, **factory))
         else:
             self.register_parameter("bias", None)
+        # The sharpness in device memory (set_sharpness writes it in place): every op reads this
+        # one tensor, so a step's s never passes through the host and a captured step, or a
+        # compiled layer, reads each step's value.
+        self.register_buffer("s", torch.full((), 1.0 / self.s_max, device=device,
+                                             dtype=ops.reference.sharpness_dtype(self.weight.dtype)),
+                             persistent=False)
         self.register_buffer("task_sizes", torch.zeros(0, 2, dtype=torch.long, device=device))
         self.policy = MASK_POLICIES[mask](self.weight.shape, self._OUT_DIM, self._UNIT_DIM, bias, **factory)
         self.version = 0  # counts changes of sizes and reserved masks (ReservedGuard refreshes on it)
@@ -133,10 +138,15 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self.reset_parameters()
         self._recount()
 
-    def __setattr__(self, name: str, value) -> None:
-        if name == "s":  # every write of the sharpness (user, schedule, state dict) is checked
-            check_sharpness(value)
-        super().__setattr__(name, value)
+    def set_sharpness(self, s: float | torch.Tensor) -> None:
+        """Set ``s`` of the soft mask ``sigmoid(s * logits)`` in place: from a finite positive
+        number, or from a 0-d tensor on the layer's device (no host value, so not checked here:
+        what a training step uses)."""
+        if isinstance(s, torch.Tensor):
+            self.s.copy_(s)
+        else:
+            check_sharpness(s)
+            self.s.fill_(s)
 
     @property
     def mask(self) -> str:
@@ -208,8 +218,12 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         if row_task.device != self.weight.device:
             raise ValueError(f"{name}: per-row task ids are on {row_task.device} but the layer is on "
                              f"{self.weight.device}")
-        if row_task.numel() and not (self.task and 0 <= int(row_task.min()) <= int(row_task.max()) < self.task):
+        if not self.task:
             raise ValueError(f"{name}: per-row task ids must name consolidated tasks: {self._consolidated()}")
+        # The range is checked on the device (replay never reads the ids back to the host): a
+        # RuntimeError on the CPU, a device-side assertion on a GPU.
+        torch._assert_async(((row_task >= 0) & (row_task < self.task)).all(),
+                            f"{name}: per-row task ids must name consolidated tasks: {self._consolidated()}")
         return row_task.long()
 
     # -- parameters ---------------------------------------------------------------------------
@@ -441,9 +455,17 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         self.policy.grow(old, new, capacity, optimizer)
         self._changed(recount=False)
 
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts (``to``, ``half``, ...) move ``s`` and keep it in the dtype the ops read
+        for the weight's (:func:`dgm.ops.reference.sharpness_dtype`: ``s`` up to ``s_max`` overflows
+        half precision)."""
+        super()._apply(fn, *args, **kwargs)
+        self.s = self.s.to(ops.reference.sharpness_dtype(self.weight.dtype))
+        return self
+
     # -- state --------------------------------------------------------------------------------
     def get_extra_state(self):
-        return {name: getattr(self, name) for name in _EXTRA}
+        return {name: float(self.s) if name == "s" else getattr(self, name) for name in _EXTRA}
 
     def set_extra_state(self, state) -> None:
         where = f"{type(self).__name__} extra state"
@@ -454,7 +476,10 @@ class MaskedLayer(nn.Module, metaclass=abc.ABCMeta):
         check_count(where, "out_units", state["out_units"], positive=True)
         check_sharpness(state["s"])
         for name in _EXTRA:
-            setattr(self, name, state[name])
+            if name == "s":
+                self.set_sharpness(state[name])
+            else:
+                setattr(self, name, state[name])
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, *, resize: bool = False):
         """``nn.Module.load_state_dict``. As in ``torch.nn``, a state dict of other sizes (a layer

@@ -69,6 +69,11 @@ class Learner(abc.ABC):
     def end_task(self) -> None:
         """Close the task once its epochs are done."""
 
+    def step_capture(self) -> dict:
+        """Whether the last task's training step was captured as a CUDA graph, and if not why:
+        ``{"captured": bool, "reason": str or None}`` (``metrics.json``; :mod:`dgm.step_graph`)."""
+        return {"captured": False, "reason": f"method {self.config.method!r} runs its step eagerly"}
+
     def generated_validation(self, task, old_tasks) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Generated validation images and labels of ``old_tasks``' classes (``--selection current``);
         ``None`` without a generator."""
@@ -199,10 +204,15 @@ def replay_rng(config, task, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(task_seed(config.seed, task.index) + 1)
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Minibatches in an epoch over ``n`` samples (the last may be smaller)."""
+    return max(1, -(-n // batch_size))
+
+
 def minibatches(n: int, config, rng: torch.Generator, reporter: Reporter, task, device):
     """``config.epochs`` epochs over ``n`` samples, a fresh order from ``rng`` each epoch; yields
     ``(epoch, step, steps_per_epoch, indices)``."""
-    steps = max(1, -(-n // config.batch_size))
+    steps = batches_per_epoch(n, config.batch_size)
     for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
         order = torch.randperm(n, generator=rng).to(device)
         for b in range(steps):

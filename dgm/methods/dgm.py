@@ -16,17 +16,19 @@ in its MNIST and SVHN ones (one class per task).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
-from ..masks import compensate_logit_grad_, sharpness, sparsity_regularizer
+from ..masks import SharpnessSchedule, compensate_logit_grad_, sharpness, sparsity_regularizer
 from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator
 from ..optim import FrozenAdam, reserved_masks
+from ..step_graph import CapturedStep, unavailable_reason
 from .base import (
     GenerativeLearner,
     TaskSetup,
-    adam,
+    batches_per_epoch,
     build_discriminator,
     classes_seen,
     discriminator_loss,
@@ -51,17 +53,19 @@ def generator_backend(generator) -> str:
 
 @dataclass
 class TaskTraining:
-    """One DGM task being learned: everything :func:`train_step` updates."""
+    """One DGM task being learned: everything :func:`train_step` updates. Every value a step reads
+    or advances (the sharpness schedule's position, the optimisers' step counts, the random
+    generators) lives on the device, so every step of the task dispatches the same ops."""
 
     generator: MaskedGenerator
     classes: list[int]
     discriminator: Discriminator
-    opt_d: torch.optim.Optimizer
+    opt_d: FrozenAdam
     opt_g: FrozenAdam
     logits: list[torch.nn.Parameter]
     replay: tuple | None
     replay_rng: torch.Generator
-    s_max: float
+    schedule: SharpnessSchedule
     lambda_reg: float
     lambda_gp: float
     lambda_class: float
@@ -78,20 +82,26 @@ def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.de
     replay = replay_for(generator, task, old_tasks, config, n_real)
     logits = [p for layer in generator.masked_layers() for p in layer.logits()]
     weights = [p for p in generator.task_parameters(list(task.classes)) if all(p is not q for q in logits)]
-    opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}],
-                       lr=config.lr, betas=(config.beta1, 0.999),
-                       backend="reference" if generator_backend(generator) == "reference" else "auto")
+    # Both optimisers are FrozenAdam (the discriminator's without reserved masks: Adam), whose
+    # step counts and bias corrections stay on the device.
+    adam = {"lr": config.lr, "betas": (config.beta1, 0.999),
+            "backend": "reference" if generator_backend(generator) == "reference" else "auto"}
+    opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}], **adam)
     opt_g.set_reserved(reserved_masks(generator))
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
-    return TaskTraining(generator, list(task.classes), discriminator, adam(discriminator.parameters(), config),
-                        opt_g, logits, replay, replay_rng(config, task, device), config.resolved_s_max, lambda_reg,
+    schedule = SharpnessSchedule(batches_per_epoch(n_real, config.batch_size), config.resolved_s_max, device)
+    return TaskTraining(generator, list(task.classes), discriminator, FrozenAdam(discriminator.parameters(), **adam),
+                        opt_g, logits, replay, replay_rng(config, task, device), schedule, lambda_reg,
                         config.lambda_gp, config.lambda_class)
 
 
-def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) -> dict:
-    """One step on a real batch ``(x, y)`` at sharpness ``s``; returns the losses as tensors. The
-    host never waits for the device in a step (tests/test_host_sync.py)."""
+def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One step on a real batch ``(x, y)``, at the sharpness of the task's next batch (the step
+    advances ``state.schedule``); returns the losses as tensors. The host never waits for the
+    device in a step (tests/test_host_sync.py), and consecutive steps dispatch the same ops
+    (tests/test_step_replayable.py)."""
     generator, discriminator, classes = state.generator, state.discriminator, state.classes
+    s, gain = state.schedule.next()
     generator.set_sharpness(s)
 
     # Discriminator: critic on real vs fake of this task, classifier on real + replay.
@@ -111,7 +121,7 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) 
     loss_g = adversarial + state.lambda_reg * reg + state.lambda_class * g_class
     loss_g.backward()
     for p in state.logits:
-        compensate_logit_grad_(p, s, state.s_max)
+        compensate_logit_grad_(p, s, gain)
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "class": loss_class.detach(),
             "gp": gp.detach(), "reg": reg.detach(), "g_class": g_class.detach()}
@@ -119,25 +129,37 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor, s: float) 
 
 class DGMLearner(GenerativeLearner):
     """``dgmw`` / ``dgma``: carries the masked, growing generator; the discriminator is rebuilt
-    every task."""
+    every task. On a CUDA device each task's step is captured as a CUDA graph and replayed
+    (:mod:`dgm.step_graph`; ``config.capture``)."""
 
     def __init__(self, config, num_classes: int, channels: int, backend: str, device: torch.device):
         super().__init__(config, num_classes, channels, backend, device)
         self.generator = build_generator(config, num_classes, channels, backend).to(device)
+        self._not_captured = unavailable_reason(device, config.capture)
+        self._captured: CapturedStep | None = None  # the task's step, while it is learned
+        self._capture_report = {"captured": False, "reason": self._not_captured}
 
     def begin_task(self, task, old_tasks) -> TaskSetup:
         real_x, real_y = task.train.images.to(self.device), task.train.labels.to(self.device)
         state = begin_task(self.generator, task, old_tasks, real_y.shape[0], self.config, self.device)
-        epochs = self.config.epochs
+        epochs, s_max = self.config.epochs, self.config.resolved_s_max
+        run = functools.partial(train_step, state)
+        if self._not_captured is None:
+            run = self._captured = CapturedStep(run, generators=(state.replay_rng,))
 
         def step(epoch, b, batches, idx):
-            s = sharpness(epoch, epochs, b, batches, state.s_max)
-            return {**train_step(state, real_x[idx], real_y[idx], s), "s": s}
+            return {**run(real_x[idx], real_y[idx]), "s": sharpness(epoch, epochs, b, batches, s_max)}
 
         return TaskSetup(state.discriminator, real_y.shape[0], step)
 
+    def step_capture(self) -> dict:
+        return self._capture_report
+
     def end_task(self) -> None:
-        """Binarise and reserve the task's masks, then grow the generator."""
+        """Binarise and reserve the task's masks, then grow the generator; the task's captured step
+        (and its graph's memory) goes."""
+        if self._captured is not None:
+            self._capture_report, self._captured = self._captured.report(), None
         self.generator.consolidate_and_expand()
 
     def generator_size(self) -> tuple[int, list[int]]:

@@ -5,7 +5,9 @@ learned, binary once consolidated), each hidden layer followed by the batch norm
 (statistics differ per task, as in the paper's official code) and ReLU, then the output head of
 each row's class and ``tanh``. The label also enters as a one-hot code in the first entries of
 ``z`` (AC-GAN conditioning). :meth:`MaskedGenerator.generate` runs rows of many consolidated tasks
-in one pass per layer (replay).
+in one pass per layer (replay), with the same ops whichever tasks and classes the rows hold: the
+consolidated tasks' norms and every class's head are tables (:class:`ReplayTables`), built at the
+first replay after each consolidation.
 
 Two bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's) and
 :class:`MLPGenerator` (masked linear layers: a small, fast configuration).
@@ -14,13 +16,15 @@ Two bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's) 
 from __future__ import annotations
 
 import abc
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..expansion import weight_growth
+from ..expansion import padded, weight_growth
 from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear, resizing
+from ..ops.reference import stacked_rows
 from .blocks import DCGAN_HEAD, check_latent, dcgan_body, dcgan_norm, label_noise
 
 
@@ -29,10 +33,22 @@ def dcgan_init_(w: torch.Tensor) -> None:
     nn.init.normal_(w, 0.0, 0.02)
 
 
+class ReplayTables(NamedTuple):
+    """What :meth:`MaskedGenerator.generate` reads per row, for every consolidated task and class."""
+    affine: list[tuple[torch.Tensor, torch.Tensor]]  # per level: (scale, shift) [tasks, width] of each task's norm
+    heads: torch.Tensor                               # every class's head weight, stacked (zeros: no head)
+    head_biases: torch.Tensor | None
+    has_head: torch.Tensor                            # [num_classes] bool
+
+
 class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
-    """Shared logic of the generators; subclasses build ``self.body`` and :meth:`_make_head`."""
+    """Shared logic of the generators; subclasses build ``self.body`` and :meth:`_make_head`, and
+    say how a head computes (:meth:`_head_op`, ``_HEAD_IN_DIM``, ``_HEAD_OUT_DIM``, ``_UNIT_DIM``)."""
 
     body: nn.ModuleList
+    _HEAD_IN_DIM: int   # the head weight's dimension of input units
+    _HEAD_OUT_DIM: int  # and of outputs
+    _UNIT_DIM: int      # the dimension of units in the hidden activations
 
     def __init__(self, nz: int, num_classes: int, channels: int, image_size: int, mask: str):
         super().__init__()
@@ -42,6 +58,7 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         self.norms = nn.ModuleList()   # norms[task][layer]
         self.heads = nn.ModuleDict()   # heads[str(class)]
         self.initial_units = 0
+        self._replay: ReplayTables | None = None  # built at the first replay after a change
 
     def _defer_unit_masks(self) -> None:
         for layer in self.body:
@@ -59,6 +76,11 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def _head_in_units(self, head: nn.Module) -> int:
         """How many hidden units ``head`` reads."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def _head_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """What a head computes, given its weight and bias."""
 
     def _to_body_input(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -81,15 +103,17 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         self.norms.append(self._like_body(nn.ModuleList(self._norm(layer.out_units) for layer in self.body)))
         for c in classes:
             self.heads[str(c)] = self._like_body(self._make_head(self.body[-1].out_units))
+        self._replay = None
 
     def _like_body(self, module: nn.Module) -> nn.Module:
         """``module`` on the device and in the dtype of the shared layers."""
         weight = self.body[0].weight
         return module.to(device=weight.device, dtype=weight.dtype)
 
-    def set_sharpness(self, s: float) -> None:
+    def set_sharpness(self, s: float | torch.Tensor) -> None:
+        """Every masked layer's sharpness, in place (:meth:`MaskedLayer.set_sharpness`)."""
         for layer in self.body:
-            layer.s = s
+            layer.set_sharpness(s)
 
     def masked_layers(self) -> list[MaskedLayer]:
         return list(self.body)
@@ -138,31 +162,61 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, row_task: torch.Tensor, z: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replay: each row under its own consolidated task, one layer call for all rows.
+        """Replay: each row under its own consolidated task, one layer call for all rows, and the
+        same ops whichever tasks and classes the rows hold (no host read).
 
         Runs in eval mode: each task's norm is its running statistics, applied per row as an
-        affine map; rows of earlier (narrower) tasks are zero outside their units.
+        affine map; rows of earlier (narrower) tasks are zero outside their units. Each row's
+        class head is picked from all heads run at once (:func:`~dgm.ops.reference.stacked_rows`).
         """
+        if self.task == 0:
+            raise ValueError("generate: no task is consolidated yet")
+        tables = self._replay_tables()
+        torch._assert_async(tables.has_head[labels].all(), "generate: a label's class has no head")
         z = self.noise(labels, generator) if z is None else z
         x = self._to_body_input(z)
-        for level, layer in enumerate(self.body):
-            scale, shift = self._row_affine(level, layer.out_units)
+        for layer, (scale, shift) in zip(self.body, tables.affine):
             x = layer(x, row_task)
             shape = (x.shape[0], -1) + (1,) * (x.dim() - 2)
             x = self._unit_mask(layer, F.relu(x * scale[row_task].view(shape) + shift[row_task].view(shape)), row_task)
-        return self._heads(x, labels)
+        y = stacked_rows(self._head_op, x, tables.heads, tables.head_biases, labels, self._HEAD_OUT_DIM,
+                         self._UNIT_DIM)
+        return self._to_image(torch.tanh(y))
 
-    def _row_affine(self, level: int, width: int):
-        scales, shifts = [], []
-        for task in range(self.task):
-            norm = self.norms[task][level]
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            shift = norm.bias - norm.running_mean * scale
-            scales.append(F.pad(scale, (0, width - scale.shape[0])))
-            shifts.append(F.pad(shift, (0, width - shift.shape[0])))
-        return torch.stack(scales), torch.stack(shifts)
+    def _replay_tables(self) -> ReplayTables:
+        if self._replay is None:
+            self._replay = self._build_replay_tables()
+        return self._replay
+
+    def _build_replay_tables(self) -> ReplayTables:
+        """Each consolidated task's norms as per-unit affine maps ``[tasks, width]`` at each layer's
+        current width (zero past the task's units), and every class's head at the last layer's
+        current width (zero past the units it reads; zero for classes without a head)."""
+        affine = []
+        for level, layer in enumerate(self.body):
+            scales, shifts = [], []
+            for norms in self.norms[: self.task]:
+                norm = norms[level]
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                scales.append(padded(scale, (layer.out_units,)))
+                shifts.append(padded(norm.bias - norm.running_mean * scale, (layer.out_units,)))
+            affine.append((torch.stack(scales), torch.stack(shifts)))
+        like = next(iter(self.heads.values()))  # a consolidated task has heads
+        shape = list(like.weight.shape)
+        shape[self._HEAD_IN_DIM] = self.body[-1].out_units
+        heads = like.weight.new_zeros((self.num_classes, *shape))
+        biases = None if like.bias is None else like.bias.new_zeros((self.num_classes, like.bias.shape[0]))
+        has_head = torch.zeros(self.num_classes, dtype=torch.bool, device=heads.device)
+        for c, head in self.heads.items():
+            heads[int(c)] = padded(head.weight, tuple(shape))
+            if biases is not None:
+                biases[int(c)] = head.bias
+            has_head[int(c)] = True
+        return ReplayTables(affine, heads, biases, has_head)
 
     def _heads(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each row through its class's own head, at the units that head reads (the forward
+        without host-known classes: it reads the labels back)."""
         out = None
         for c in torch.unique(labels).tolist():
             rows = (labels == c).nonzero(as_tuple=True)[0]
@@ -220,6 +274,7 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         if self.mask == "activation":
             for prev_layer, layer in zip(self.body[:-1], self.body[1:]):
                 layer.set_input_reserved(prev_layer.reserved_units)
+        self._replay = None
         return growth
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -240,7 +295,13 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
                 c = key.removeprefix(prefix + "heads.").split(".")[0]
                 if c not in self.heads:
                     self.heads[c] = self._like_body(self._make_head(self._head_units_from(value)))
+        self._replay = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Moves and casts leave the replay tables on the old device and dtype: drop them."""
+        self._replay = None
+        return super()._apply(fn, *args, **kwargs)
 
     @abc.abstractmethod
     def _head_units_from(self, weight: torch.Tensor) -> int:
@@ -260,6 +321,8 @@ def _kernel_area(layer: MaskedLayer) -> int:
 class DCGANGenerator(MaskedGenerator):
     """The paper's generator for 32x32 images: masked conv-transpose 1x1 -> 4x4 -> 8x8 -> 16x16,
     then a per-class conv-transpose to 32x32. Widths ``4*ngf, 2*ngf, ngf`` at the start."""
+
+    _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 0, 1, 1
 
     def __init__(self, nz: int, num_classes: int, channels: int = 1, ngf: int = 6, mask: str = "weight",
                  s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
@@ -285,12 +348,18 @@ class DCGANGenerator(MaskedGenerator):
     def _head_in_units(self, head):
         return head.in_channels
 
+    @staticmethod
+    def _head_op(x, weight, bias):
+        return F.conv_transpose2d(x, weight, bias, *DCGAN_HEAD[1:])
+
     def _head_units_from(self, weight):
         return weight.shape[0]
 
 
 class MLPGenerator(MaskedGenerator):
     """Small, fast generator: two masked linear layers, then a per-class linear head."""
+
+    _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 1, 0, -1
 
     def __init__(self, nz: int, num_classes: int, channels: int = 1, hidden: int = 256, mask: str = "weight",
                  s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
@@ -308,6 +377,10 @@ class MLPGenerator(MaskedGenerator):
 
     def _head_in_units(self, head):
         return head.in_features
+
+    @staticmethod
+    def _head_op(x, weight, bias):
+        return F.linear(x, weight, bias)
 
     def _head_units_from(self, weight):
         return weight.shape[1]

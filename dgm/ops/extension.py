@@ -11,8 +11,9 @@ over the weight, each one kernel (``torch.ops.dgm.*``, CPU and CUDA):
 
 Unfused, the same step takes a sigmoid, a multiply, the product, then a chain of multiplies and a
 ``where`` for the two gradients. The bias's mask and freeze (a vector) are the reference's torch
-ops (:func:`dgm.ops.reference.effective_bias`), replay is the reference's loop over tasks
-(:func:`dgm.ops.reference.by_task`), each task one fused product. The meaning of every argument is
+ops (:func:`dgm.ops.reference.effective_bias`); replay is the reference's one product over every
+task's masked weight (:func:`dgm.ops.reference.task_rows`, ATen's product; no loop over the tasks
+present, no host read). The meaning of every argument is
 :mod:`dgm.ops.reference`'s. The module also exposes the packed-bit ops (same layout and results as
 :mod:`dgm.bits`). Importing it imports ``dgm._C``; the dispatcher reports when that fails.
 """
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C
-from .reference import NO_MASKS, by_task, effective_bias, scale_units
+from .reference import NO_MASKS, effective_bias, scale_units, sharpness_tensor, task_rows
 
 WITH_CUDA = bool(_C.WITH_CUDA)
 
@@ -60,6 +61,8 @@ def popcount(bits: torch.Tensor) -> int:
 class _Linear:
     """``F.linear`` and its backward pieces, in the form :class:`_MaskedProduct` calls them."""
 
+    groups = 1
+
     @staticmethod
     def forward(x, w, b):
         return F.linear(x, w, b)
@@ -77,8 +80,9 @@ class _Conv:
     """ATen's convolution (cuDNN on GPU) with fixed hyper-parameters."""
 
     def __init__(self, stride, padding, dilation, transposed, output_padding, groups):
+        self.groups = int(groups)
         self.args = (_pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"), transposed,
-                     _pair(output_padding, "output_padding"), int(groups))
+                     _pair(output_padding, "output_padding"), self.groups)
 
     def forward(self, x, w, b):
         return torch.ops.aten.convolution(x, w, b, *self.args)
@@ -103,20 +107,20 @@ class _MaskedProduct(torch.autograd.Function):
     def forward(ctx, x, weight, bias, logits, s, bits, frozen_bits, frozen_out, frozen_in, out_dim, product):
         masked = logits is not None or bits is not None
         w_eff = torch.ops.dgm.masked_weight(weight, logits, s, bits) if masked else weight
-        ctx.save_for_backward(x, weight, w_eff, logits, bits, frozen_bits, frozen_out, frozen_in)
-        ctx.s, ctx.out_dim, ctx.product, ctx.masked = s, out_dim, product, masked
+        ctx.save_for_backward(x, weight, w_eff, logits, s, bits, frozen_bits, frozen_out, frozen_in)
+        ctx.out_dim, ctx.product, ctx.masked = out_dim, product, masked
         return product.forward(x, w_eff, bias)
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, w_eff, logits, bits, frozen_bits, frozen_out, frozen_in = ctx.saved_tensors
+        x, weight, w_eff, logits, s, bits, frozen_bits, frozen_out, frozen_in = ctx.saved_tensors
         need_x, need_w, need_b, need_l = ctx.needs_input_grad[:4]
         gx, g, gb = ctx.product.backward(gy, x, w_eff, (need_x, need_w or need_l, need_b))
         gw = gl = None
         if need_w or need_l:
             if ctx.masked or frozen_bits is not None or frozen_out is not None:
-                gw, gl = torch.ops.dgm.masked_weight_backward(g, weight, logits, ctx.s, bits, frozen_bits, frozen_out,
-                                                       frozen_in, ctx.out_dim, need_w, need_l)
+                gw, gl = torch.ops.dgm.masked_weight_backward(g, weight, logits, s, bits, frozen_bits, frozen_out,
+                                                              frozen_in, ctx.out_dim, need_w, need_l)
                 gw, gl = (gw if need_w else None), (gl if need_l else None)
             else:
                 gw = g
@@ -125,16 +129,19 @@ class _MaskedProduct(torch.autograd.Function):
 
 def _masked_products(product, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
                      bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1):
-    """The reference formula with each task's product fused (:class:`_MaskedProduct`)."""
+    """The reference formula with the product fused (:class:`_MaskedProduct`); replay through
+    :func:`~dgm.ops.reference.task_rows`."""
+    if row_task is not None:
+        y = task_rows(product.forward, x, weight, bias, row_task, bits, bias_bits, frozen_bits=frozen_bits,
+                      frozen_units=frozen_units, frozen_bias_bits=frozen_bias_bits, out_dim=out_dim,
+                      unit_dim=unit_dim, groups=product.groups)
+        return scale_units(y, unit_scale, unit_dim)
     frozen_out, frozen_in = frozen_units if frozen_units is not None else (None, None)
-
-    def one_task(inp, task_bits, task_bias_bits):
-        b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=task_bias_bits,
-                           frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
-        return _MaskedProduct.apply(inp, weight, b, logits, float(s), task_bits, frozen_bits, frozen_out,
-                                    frozen_in, out_dim, product)
-
-    return scale_units(by_task(one_task, x, row_task, bits, bias_bits), unit_scale, unit_dim)
+    b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits,
+                       frozen_units=frozen_units)
+    y = _MaskedProduct.apply(x, weight, b, logits, None if logits is None else sharpness_tensor(s, weight), bits,
+                             frozen_bits, frozen_out, frozen_in, out_dim, product)
+    return scale_units(y, unit_scale, unit_dim)
 
 
 def _conv(product, x, weight, bias, out_dim, masks):

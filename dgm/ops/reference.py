@@ -9,8 +9,9 @@ Each op computes ``y = op(x, W_eff) + b_eff`` and then scales the output units b
                      *, <the same keywords>)
 
 * ``W_eff = freeze(W) * m`` where the weight mask ``m`` is ``sigmoid(s * logits)`` (DGMw while a
-  task trains), ``unpack(bits)`` (DGMw for a consolidated task; with ``row_task`` each batch row
-  uses its own task's bits, ``bits`` stacked ``[tasks, ...]``), or ``1`` (no weight mask, DGMa).
+  task trains; ``s`` a number or a 0-d tensor, which the fused backends read from device memory),
+  ``unpack(bits)`` (DGMw for a consolidated task; with ``row_task`` each batch row uses its own
+  task's bits, ``bits`` stacked ``[tasks, ...]``), or ``1`` (no weight mask, DGMa).
 * ``freeze(W)`` detaches the reserved entries so their gradient is exactly zero: the packed
   ``frozen_bits`` for DGMw, or for DGMa (HAT) the entries ``(i, j)`` whose output unit ``i`` and
   input unit ``j`` are both reserved, ``1 - min(a_i, a_j)`` with binary ``a``; ``frozen_units`` is
@@ -41,7 +42,22 @@ NO_MASKS = {"logits": None, "s": 1.0, "bits": None, "row_task": None, "frozen_bi
             "unit_scale": None, "bias_logits": None, "bias_bits": None, "frozen_bias_bits": None}
 
 
-def soft_mask(logits: torch.Tensor, s: float) -> torch.Tensor:
+def sharpness_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``s`` is kept in for weights of ``dtype``: float64 for float64, else float32 (half
+    precision would overflow at ``s_max``)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sharpness_tensor(s: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``s`` as the 0-d tensor the fused backends read for weights ``like``: on their device, in
+    :func:`sharpness_dtype` (a layer's own ``s`` is one already: no op then)."""
+    dtype = sharpness_dtype(like.dtype)
+    if isinstance(s, torch.Tensor):
+        return s.to(device=like.device, dtype=dtype)
+    return torch.full((), s, dtype=dtype, device=like.device)
+
+
+def soft_mask(logits: torch.Tensor, s: float | torch.Tensor) -> torch.Tensor:
     """DGMw/DGMa soft mask ``sigmoid(s * logits)``."""
     return torch.sigmoid(s * logits)
 
@@ -109,35 +125,66 @@ def scale_units(y: torch.Tensor, unit_scale, unit_dim: int):
     return y * unit_scale.reshape(shape)
 
 
-def by_task(run, x, row_task, bits, bias_bits):
-    """``run(x, bits, bias_bits)`` for one task's masks; with ``row_task`` (replay), once per task
-    present, on its rows with its own bits, the outputs put back in row order. Every backend that
-    replays by looping over tasks shares this loop."""
-    if row_task is None:
-        return run(x, bits, bias_bits)
-    if row_task.numel() == 0:  # an empty batch: any task's masks give the same empty output
-        return run(x, bits[0], None if bias_bits is None else bias_bits[0])
-    y = None
-    for task in torch.unique(row_task).tolist():
-        rows = (row_task == task).nonzero(as_tuple=True)[0]
-        part = run(x.index_select(0, rows), bits[task], None if bias_bits is None else bias_bits[task])
-        if y is None:
-            y = part.new_zeros((x.shape[0],) + part.shape[1:])
-        y = y.index_copy(0, rows, part)
-    return y
+def stacked_rows(op, x, weights, biases, index, out_dim: int, unit_dim: int = 1, groups: int = 1):
+    """``op(x, w, b)`` with row ``r`` of ``x`` under ``weights[index[r]]`` and ``biases[index[r]]``:
+    one product over all the weights stacked along the output units, each row then keeping the
+    outputs of its own. The shapes and ops are the same whatever ``index`` holds (no host read,
+    what a replayed step needs), at ``weights.shape[0]`` products' worth of arithmetic.
+
+    ``weights`` ``[T, *w]`` (output units on ``w``'s dimension ``out_dim``, in ``groups`` groups as
+    the op takes them), ``biases`` ``[T, out]`` or ``None``; the op's units are on ``unit_dim`` of
+    its output. Replay (every consolidated task's masked weight) and the generator's per-class
+    heads (every class's head) both run this way.
+    """
+    tasks, out = weights.shape[0], weights.shape[1 + out_dim] * (groups if out_dim == 1 else 1)
+    per_group = out // groups
+    if out_dim == 0:  # [T, out, ...] -> [groups * T * per_group, ...]: each group's units together
+        w = weights.reshape(tasks, groups, per_group, *weights.shape[2:]).transpose(0, 1)
+        w = w.reshape(groups * tasks * per_group, *weights.shape[2:])
+    else:  # [T, in, per_group, ...] -> [in, T * per_group, ...]: a group's outputs follow its inputs
+        w = weights.transpose(0, 1).reshape(weights.shape[1], tasks * per_group, *weights.shape[3:])
+    b = None if biases is None else biases.reshape(tasks, groups, per_group).transpose(0, 1).reshape(-1)
+    y = op(x, w, b).movedim(unit_dim, 1)
+    y = y.reshape(y.shape[0], groups, tasks, per_group, *y.shape[2:])
+    pick = index.reshape((-1,) + (1,) * (y.dim() - 1)).expand(y.shape[0], groups, 1, *y.shape[3:])
+    return y.gather(2, pick).reshape(y.shape[0], out, *y.shape[4:]).movedim(1, unit_dim)
+
+
+def task_rows(op, x, weight, bias, row_task, bits, bias_bits, *, frozen_bits=None, frozen_units=None,
+              frozen_bias_bits=None, out_dim: int, unit_dim: int = 1, groups: int = 1):
+    """Replay: row ``r`` of ``x`` under consolidated task ``row_task[r]``'s weight bits ``bits[t]``
+    (and bias bits), by :func:`stacked_rows` over every task's masked weight. Every backend that
+    replays through a plain product shares this."""
+    w = effective_weight(weight, frozen_bits=frozen_bits, frozen_units=frozen_units, out_dim=out_dim)
+    weights = w * _task_masks(bits, w.shape).to(w.dtype)
+    b = effective_bias(bias, frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
+    biases = None
+    if b is not None:
+        biases = b.expand(bits.shape[0], -1) if bias_bits is None else b * _task_masks(bias_bits, b.shape).to(b.dtype)
+    return stacked_rows(op, x, weights, biases, row_task, out_dim, unit_dim, groups)
+
+
+def _task_masks(bits: torch.Tensor, shape) -> torch.Tensor:
+    """Per-task packed bits ``[T, rows, bytes]`` unpacked to bool ``[T, *shape]``, in one pass."""
+    tasks = bits.shape[0]
+    flat = _bits.unpack(bits.reshape(tasks * bits.shape[1], bits.shape[2]), (tasks * shape[0], *shape[1:]))
+    return flat.reshape(tasks, *shape)
 
 
 def _masked_op(op, x, weight, bias, *, logits, s, bits, row_task, frozen_bits, frozen_units, unit_scale,
-               bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1):
+               bias_logits, bias_bits, frozen_bias_bits, out_dim, unit_dim=1, groups=1):
     """The reference formula of the module docstring around the plain ``op(x, w, b)``."""
-    def one_task(inp, task_bits, task_bias_bits):
-        w = effective_weight(weight, logits=logits, s=s, bits=task_bits, frozen_bits=frozen_bits,
+    if row_task is not None:
+        y = task_rows(op, x, weight, bias, row_task, bits, bias_bits, frozen_bits=frozen_bits,
+                      frozen_units=frozen_units, frozen_bias_bits=frozen_bias_bits, out_dim=out_dim,
+                      unit_dim=unit_dim, groups=groups)
+    else:
+        w = effective_weight(weight, logits=logits, s=s, bits=bits, frozen_bits=frozen_bits,
                              frozen_units=frozen_units, out_dim=out_dim)
-        b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=task_bias_bits,
+        b = effective_bias(bias, bias_logits=bias_logits, s=s, bias_bits=bias_bits,
                            frozen_bias_bits=frozen_bias_bits, frozen_units=frozen_units)
-        return op(inp, w, b)
-
-    return scale_units(by_task(one_task, x, row_task, bits, bias_bits), unit_scale, unit_dim)
+        y = op(x, w, b)
+    return scale_units(y, unit_scale, unit_dim)
 
 
 def linear(x, weight, bias=None, *, logits=None, s=1.0, bits=None, row_task=None, frozen_bits=None,
@@ -158,7 +205,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, l
 
     return _masked_op(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale,
-                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=0)
+                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=0,
+                      groups=groups)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1, *,
@@ -170,4 +218,5 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
     return _masked_op(op, x, weight, bias, logits=logits, s=s, bits=bits, row_task=row_task,
                       frozen_bits=frozen_bits, frozen_units=frozen_units, unit_scale=unit_scale,
-                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=1)
+                      bias_logits=bias_logits, bias_bits=bias_bits, frozen_bias_bits=frozen_bias_bits, out_dim=1,
+                      groups=groups)
