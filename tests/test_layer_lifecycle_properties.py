@@ -94,7 +94,7 @@ class Life:
     # -- the steps --------------------------------------------------------------------------------
     def learn(self, seed: int, s: float) -> None:
         """One optimiser step on a random gradient; reserved entries get exactly none."""
-        self.layer.s = s
+        self.layer.set_sharpness(s)
         y = self.layer(self.x(3, self.layer.in_units, seed))
         self.opt.zero_grad()
         (y * torch.randn(y.shape, generator=_seeded(seed + 1), dtype=self.dtype)).sum().backward()

@@ -559,11 +559,11 @@ def test_failed_calls_leave_the_layer_as_it_was(spec, kind):
         "expand(True)": (TypeError, "out_extra", lambda: layer.expand(True, optimizer=opt)),
         "expand(in_extra=-1)": (ValueError, "in_extra must be a non-negative int", lambda: layer.expand(1, -1)),
         "expand(optimizer=...)": (TypeError, "optimizer must be", lambda: layer.expand(1, 1, optimizer="adam")),
-        "s = nan": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", float("nan"))),
-        "s = -1": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", -1.0)),
-        "s = 0": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", 0)),
-        "s = inf": (ValueError, "s must be a finite positive number", lambda: setattr(layer, "s", float("inf"))),
-        "s = True": (TypeError, "s must be a finite positive number", lambda: setattr(layer, "s", True)),
+        "s = nan": (ValueError, "s must be a finite positive number", lambda: layer.set_sharpness(float("nan"))),
+        "s = -1": (ValueError, "s must be a finite positive number", lambda: layer.set_sharpness(-1.0)),
+        "s = 0": (ValueError, "s must be a finite positive number", lambda: layer.set_sharpness(0)),
+        "s = inf": (ValueError, "s must be a finite positive number", lambda: layer.set_sharpness(float("inf"))),
+        "s = True": (TypeError, "s must be a finite positive number", lambda: layer.set_sharpness(True)),
         "defer_unit_mask = 1": (TypeError, "defer_unit_mask must be a bool",
                                 lambda: setattr(layer, "defer_unit_mask", 1)),
         "load of other sizes": (RuntimeError, "size mismatch", lambda: layer.load_state_dict(other)),
@@ -613,7 +613,7 @@ def test_task_ids_are_ints_or_integer_tensors(spec, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_unbatched_input_as_torch_nn(spec, kind):
     layer, _ = _train_three_widths(spec, kind)
-    layer.s = 2.0
+    layer.set_sharpness(2.0)
     for task in (None, 1):
         x = spec.x(2, layer.sizes(task)[1], seed=4)
         y = layer(x[0], task=task)
