@@ -69,15 +69,16 @@ def test_row_strided_bits_are_read_in_place():
     """A grown layer's reserved bits are a view of the capacity's packing (rows farther apart than
     their bytes): the fused passes read them where they are, with no copy per step."""
     w, logits, grad = torch.randn(5, 14), torch.randn(5, 14), torch.randn(5, 14)
+    s = torch.tensor(1.5)  # the sharpness, read from memory
     view = _bits.pack(torch.rand(12, 20) < 0.5)[:5, :2]
     dense = view.contiguous()
     assert not view.is_contiguous()
     with torch.profiler.profile() as prof:
-        y = torch.ops.dgm.masked_weight(w, None, 1.0, view)
-        gw, gl = torch.ops.dgm.masked_weight_backward(grad, w, logits, 1.5, None, view, None, None, 0, True, True)
+        y = torch.ops.dgm.masked_weight(w, None, None, view)
+        gw, gl = torch.ops.dgm.masked_weight_backward(grad, w, logits, s, None, view, None, None, 0, True, True)
     assert not {"aten::contiguous", "aten::clone", "aten::copy_"} & {e.name for e in prof.events()}
-    assert torch.equal(y, torch.ops.dgm.masked_weight(w, None, 1.0, dense))
-    expected = torch.ops.dgm.masked_weight_backward(grad, w, logits, 1.5, None, dense, None, None, 0, True, True)
+    assert torch.equal(y, torch.ops.dgm.masked_weight(w, None, None, dense))
+    expected = torch.ops.dgm.masked_weight_backward(grad, w, logits, s, None, dense, None, None, 0, True, True)
     assert torch.equal(gw, expected[0]) and torch.equal(gl, expected[1])
 
 

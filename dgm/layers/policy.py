@@ -169,9 +169,10 @@ class MaskPolicy(nn.Module, metaclass=abc.ABCMeta):
 
     def _apply(self, fn, *args, **kwargs):
         """``nn.Module._apply`` is the one path of every move and cast (``to``, ``cuda``, ``float``,
-        ...): the cached masks live on the old device and dtype, so they are dropped here."""
-        self._cache.clear()
-        return super()._apply(fn, *args, **kwargs)
+        ...): the cached masks live on the old device and dtype, so they are rebuilt here."""
+        module = super()._apply(fn, *args, **kwargs)
+        self.changed()
+        return module
 
     # -- state --------------------------------------------------------------------------------
     def _is_buffer_name(self, name: str) -> bool:

@@ -81,6 +81,12 @@ class WeightMask(MaskPolicy):
             return None
         return self._cached("reserved", lambda: packing.unpack(self.reserved_bits(shape), shape))
 
+    def changed(self) -> None:
+        """Derived masks dropped, and the reserved bias packed now, eagerly: packed lazily at the
+        first forward, a compiled layer would see a new cache entry and compile a second graph."""
+        super().changed()
+        self._reserved_bias_bits(0)
+
     def _reserved_bias_bits(self, out_units: int) -> torch.Tensor | None:
         """The reserved bias entries of the active units packed (``[out, 1]``, the op's
         ``frozen_bias_bits``): the capacity's bits are packed once per change of the reservations,
