@@ -58,5 +58,7 @@ def unpack(bits: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Ten
 
 def popcount(bits: torch.Tensor) -> int:
     """Number of set bits (padding bits are always zero)."""
-    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32, device=bits.device)
-    return int(table[bits.long()].sum())
+    x = bits.to(torch.int32)  # SWAR bit count of each byte: no lookup table to build or move
+    x = x - ((x >> 1) & 0x55)
+    x = (x & 0x33) + ((x >> 2) & 0x33)
+    return int(((x + (x >> 4)) & 0x0F).sum())

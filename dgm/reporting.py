@@ -42,6 +42,20 @@ def _write_json(path: Path, value) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(value, indent=2, allow_nan=False).encode() + b"\n"))
 
 
+def _read_log(log: Path) -> tuple[list[str], list[dict], int]:
+    """``log.csv``'s header, its rows, and how many lines at its end are damaged (cut short or
+    zero-filled by a crash: the log is appended, not replaced) and left out."""
+    lines = log.read_bytes().decode("utf-8", errors="replace").splitlines()
+    reader = csv.DictReader(lines)
+    rows = []
+    for row in reader:
+        values = list(row.values())
+        if None in row or None in values or "\0" in "".join(values) or not row["task"].isdigit():
+            break
+        rows.append(row)
+    return list(reader.fieldnames or []), rows, len(lines) - 1 - len(rows)
+
+
 class Reporter:
     """Files and progress of one run in ``out_dir`` (see the module doc).
 
@@ -75,10 +89,10 @@ class Reporter:
         log = self.out / "log.csv"
         rows: list[dict] = []
         if resumed_from_task is not None and log.is_file():
-            with open(log, newline="") as f:
-                reader = csv.DictReader(f)
-                self._fields = list(reader.fieldnames or [])
-                rows = [r for r in reader if int(r["task"]) < resumed_from_task]
+            self._fields, rows, dropped = _read_log(log)
+            rows = [r for r in rows if int(r["task"]) < resumed_from_task]
+            if dropped:
+                self.note(f"{log}: dropped {dropped} damaged line(s) at its end, left by an interrupted write")
         self._open_csv(self._fields or list(_FIXED), rows)
         if self.use_tensorboard:
             from torch.utils.tensorboard import SummaryWriter

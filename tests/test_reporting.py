@@ -133,3 +133,19 @@ def test_tensorboard_events_when_installed(tmp_path):
         rep.log_step(0, 0, 0, {"loss": 1.0})
         rep.task_end(0, _metrics([[(1, 2)]]), torch.zeros(2, 1, 4, 4), 2)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("tail", [b"\0" * 64, b"1,0,2,0.5", b"1,0,2,0.5,7.0,extra\n\0\0"])
+def test_resume_drops_a_damaged_log_tail(tmp_path, tail):
+    with Reporter(tmp_path, show_progress=False, tensorboard=False) as rep:
+        rep.start({}, None)
+        for task in (0, 1):
+            rep.log_step(task, 0, 0, {"loss": float(task)})
+    with open(tmp_path / "log.csv", "ab") as f:
+        f.write(tail)  # what a crash can leave after the last whole row
+    stream = io.StringIO()
+    with Reporter(tmp_path, show_progress=False, tensorboard=False, stream=stream) as rep:
+        rep.start({}, 2)
+        rep.log_step(2, 0, 0, {"loss": 2.0})
+    assert [(r["task"], float(r["loss"])) for r in _read_log(tmp_path)] == [("0", 0.0), ("1", 1.0), ("2", 2.0)]
+    assert "damaged" in stream.getvalue()
