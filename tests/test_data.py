@@ -84,7 +84,7 @@ def test_svhn_mat_files(tmp_path, monkeypatch):
     assert torch.equal(test.labels, torch.from_numpy(reference.labels))
 
 
-def write_cifar10(folder, per_batch=6):
+def write_cifar10(folder, per_batch=6, protocol=2):
     folder.mkdir(parents=True)
     batches = {}
     for name in CIFAR10_FILES[:6]:
@@ -93,7 +93,7 @@ def write_cifar10(folder, per_batch=6):
         batch = {"batch_label": name, "labels": labels, "data": data,
                  "filenames": [f"img_{i}.png" for i in range(per_batch)]}
         with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh, protocol=2)
+            pickle.dump(batch, fh, protocol=protocol)
         batches[name] = batch
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     with open(folder / "batches.meta", "wb") as fh:
@@ -101,8 +101,9 @@ def write_cifar10(folder, per_batch=6):
     return batches, names
 
 
-def test_cifar10_pickle_batches(tmp_path, monkeypatch):
-    batches, names = write_cifar10(tmp_path / "cifar-10-batches-py")
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_pickle_batches(tmp_path, monkeypatch, protocol):
+    batches, names = write_cifar10(tmp_path / "cifar-10-batches-py", protocol=protocol)
     train, test = load_dataset("cifar10", tmp_path)
     assert train.images.shape == (30, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
     assert train.classes == tuple(names) and train.channels == 3
@@ -135,6 +136,23 @@ def test_damaged_cifar10_files_are_named(tmp_path):
         pickle.dump({"data": np.zeros((2, 1000), np.uint8), "labels": [3, 1]}, fh)
     with pytest.raises(DataError, match="is not a CIFAR-10 batch: expected data \\[N, 3072\\]"):
         load_dataset("cifar10", tmp_path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo unpickled > planted",))
+
+
+def test_a_cifar10_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    with open(folder / "data_batch_4", "wb") as fh:
+        pickle.dump({"data": _RunsCode(), "labels": [1]}, fh)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"^{folder / 'data_batch_4'}: refused to load (posix|os).system: "
+                                        "a CIFAR-10 batch holds only arrays"):
+        load_dataset("cifar10", tmp_path)
+    assert not (tmp_path / "planted").exists()
 
 
 def test_damaged_svhn_files_are_named(tmp_path):

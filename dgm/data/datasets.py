@@ -116,6 +116,20 @@ def _svhn(name, root, download, image_size):
     return (*out, [str(d) for d in range(10)])
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's batches (dicts of numpy arrays, lists and strings) and nothing else: a
+    plain ``pickle.load`` calls whatever a file names, so a planted file could run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays, lists and strings")
+        return super().find_class(module, name)
+
+
 def _cifar10(name, root, download, image_size):
     """CIFAR-10: pickled batches with ``data`` uint8 ``[N, 3072]`` (channel-major 3x32x32) and ``labels``."""
     import torchvision.datasets as tvd
@@ -129,7 +143,9 @@ def _cifar10(name, root, download, image_size):
     def unpickle(path, key):
         try:
             with open(path, "rb") as fh:
-                value = pickle.load(fh, encoding="latin1")
+                value = _ArrayUnpickler(fh, encoding="latin1").load()
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
         except Exception as exc:  # truncated or damaged pickles raise many types
             raise DataError(f"{path} is not a readable CIFAR-10 pickle (truncated or damaged): {one_line(exc)}") from exc
         if not isinstance(value, dict) or key not in value:
