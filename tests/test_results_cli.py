@@ -87,3 +87,21 @@ def test_a_foreign_json_is_refused(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ResultsError, match="metrics.json has no 'config' object"):
         results.load_run(tmp_path)
+
+
+def test_a_null_dgm_setting_pools_with_the_value_it_stands_for(tmp_path, capsys):
+    runs = [_write_run(tmp_path / "null", seed=0, s_max=None, lambda_reg=None, mask_lr=None, lr=0.002),
+            _write_run(tmp_path / "set", seed=1, s_max=1e4, lambda_reg=0.08, mask_lr=0.002, lr=0.002),
+            _write_run(tmp_path / "dgma", seed=0, method="dgma", s_max=1e4),
+            _write_run(tmp_path / "r0", seed=0, method="replay", s_max=1e4, lambda_class=0.0),
+            _write_run(tmp_path / "r1", seed=1, method="replay", s_max=1e5, lambda_class=1.0)]
+    assert results.main(runs) == 0
+    rows = {(row[1], row[3]) for row in _rows(capsys.readouterr().out)}
+    assert rows == {("dgmw", "0, 1"), ("dgma", "0"), ("replay", "0, 1")}
+
+
+def test_a_dgm_setting_that_changes_the_numbers_splits_rows(tmp_path, capsys):
+    runs = [_write_run(tmp_path / "a", seed=0, s_max=None), _write_run(tmp_path / "b", seed=1, s_max=400.0)]
+    assert results.main(runs) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert [row[3] for row in rows] == ["0", "1"] and rows[1][-1] == "s_max=400.0"

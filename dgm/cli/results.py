@@ -27,10 +27,14 @@ from pathlib import Path
 
 from ..config import TrainConfig, rule
 from ..errors import ResultsError, one_line
+from ..methods import LEARNERS
+from ..methods.dgm import DGMLearner
 from .boundary import Parser, console_script
 
 # Shown in columns of their own rather than among the settings that tell rows apart.
 _COLUMNS = ("dataset", "method", "tasks", "classes_per_task")
+# Read by DGM's learner only.
+_DGM_ONLY = ("mask_lr", "s_max", "lambda_reg", "lambda_class")
 
 
 def load_run(folder: str | Path) -> dict:
@@ -91,10 +95,18 @@ def _problem(metrics) -> str | None:
 
 
 def experiment(run: dict) -> dict:
-    """The settings that make ``run``'s numbers what they are (see the module doc)."""
+    """The settings that make ``run``'s numbers what they are (see the module doc): a DGM setting
+    counts as the value it stands for (null ``s_max`` as the method's default, a ``mask_lr`` equal
+    to ``lr`` as null), and a baseline's DGM settings, which it never reads, as absent."""
     config = run["config"]
     settings = {f.name: config.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)
                 if not rule(f.name).run_only and f.name != "seed"}
+    if LEARNERS.get(settings["method"]) is DGMLearner:
+        resolved = TrainConfig(method=settings["method"], s_max=settings["s_max"], lambda_reg=settings["lambda_reg"])
+        settings.update(s_max=resolved.resolved_s_max, lambda_reg=resolved.resolved_lambda_reg,
+                        mask_lr=None if settings["mask_lr"] == settings["lr"] else settings["mask_lr"])
+    else:
+        settings.update(dict.fromkeys(_DGM_ONLY))
     return {**settings, "tasks": len(run["A"])}
 
 
@@ -125,7 +137,8 @@ def _stat(values: list[float], digits: int = 3) -> str:
 def summary_table(runs: list[dict]) -> str:
     """One row per experiment, seeds pooled: mean ± sample standard deviation."""
     groups = group_runs(runs)
-    differ = [k for k in groups[0][0] if k not in _COLUMNS and len({json.dumps(s[k]) for s, _ in groups}) > 1]
+    differ = [k for k in groups[0][0]
+              if k not in _COLUMNS and len({json.dumps(s[k]) for s, _ in groups if s[k] is not None}) > 1]
     lines = [("| dataset | method | backend | seeds | tasks × classes | A5 | A10 | A_T (final) | forgetting "
               "| generator weights (task 0 -> last) | wall time / run | settings |"),
              "|---" * 12 + "|"]
@@ -142,7 +155,7 @@ def summary_table(runs: list[dict]) -> str:
             f"| {', '.join(str(r['config']['seed']) for r in group)} | {t} × {settings['classes_per_task']} "
             f"| {' | '.join(headline)} | {_stat([r['A'][-1] for r in group])} "
             f"| {_stat([r['forgetting'] for r in group if r.get('forgetting') is not None])} | {growth} "
-            f"| {_stat(minutes, 1)} min | {', '.join(f'{k}={json.dumps(settings[k])}' for k in differ)} |")
+            f"| {_stat(minutes, 1)} min | {', '.join(f'{k}={json.dumps(settings[k])}' for k in differ if settings[k] is not None)} |")
     return "\n".join(lines)
 
 
