@@ -7,9 +7,9 @@ gloo on CPUs, with ``--dist-timeout`` as the longest wait of any collective, so 
 ends the others with a :class:`~dgm.errors.DistributedError` naming what they were waiting for.
 Without torchrun (or with one process) nothing here changes what a run does.
 
-Every rank holds the same models; each trains on its share of every class's images
-(:func:`dgm.data.splits.shard_train`) with ``batch_size / N`` rows a step, and the gradients are
-averaged over the ranks before every optimiser step, so a step sees the global batch. How:
+Every rank holds the same models and data; each takes every ``N``-th row of each global batch of
+``--batch-size`` (:func:`dgm.methods.base.minibatches`), and the gradients are averaged over the
+ranks before every optimiser step, so a step learns from the global batch. How:
 
 - DGM and the replay baseline average the gradients explicitly (:func:`sync_gradients`: one flat
   all-reduce per optimiser): DistributedDataParallel cannot wrap their steps. The discriminator is
@@ -31,6 +31,7 @@ every task the ranks compare a checksum of every model they hold (:func:`check_r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import math
 import os
@@ -42,6 +43,10 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import ConfigError, DistributedError, one_line
+
+__all__ = ["DistributedError", "barrier", "broadcast_buffers", "check_replicas", "checksum", "close", "collective",
+           "gradient_sync", "init", "is_main", "launched_rank", "launched_world_size", "rank", "rank_config",
+           "rank_seed", "share", "sum_", "sync_gradients", "world_size", "wrap"]
 
 _RANK_SEED_SHIFT = 53  # rank r's seeds are the run's + r * 2**53: every task seed (< 2**53) stays distinct
 MAX_RANKS = 2 ** (64 - _RANK_SEED_SHIFT)  # torch seeds are 64-bit
@@ -125,8 +130,6 @@ def rank_config(config):
     if config.batch_size % size:
         raise ConfigError("batch_size", config.batch_size, f"a multiple of the {size} processes: the global batch "
                                                            "is split evenly across them")
-    import dataclasses
-
     per_class = None if config.replay_per_class is None else share(config.replay_per_class)
     return dataclasses.replace(config, batch_size=config.batch_size // size, replay_per_class=per_class)
 
@@ -142,9 +145,9 @@ def collective(what: str) -> Iterator[None]:
         if isinstance(exc, DistributedError) or launched_world_size() == 1:
             raise
         limit = f" within --dist-timeout {_timeout_s:g} s" if _timeout_s is not None else ""
-        raise DistributedError(f"rank {rank()} of {world_size()}: {what} failed: another rank stopped or did not "
-                               f"answer{limit} ({one_line(exc)}); the run stops (continue it with --resume once "
-                               "every rank can run)") from exc
+        raise DistributedError(f"rank {launched_rank()} of {launched_world_size()}: {what} failed: another rank "
+                               f"stopped or did not answer{limit} ({one_line(exc)}); the run stops (continue it "
+                               "with --resume once every rank can run)") from exc
 
 
 def sync_gradients(params: Iterable[nn.Parameter], what: str) -> None:

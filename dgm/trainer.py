@@ -5,8 +5,8 @@ A run resumed from the checkpoint after task ``t`` ends with the same metrics as
 each method seeds every task from ``(seed, task)`` (:mod:`dgm.methods.base`).
 
 Launched by torchrun with several processes, the run is data-parallel (:mod:`dgm.distributed`):
-each rank trains on its share of every class, evaluation is split across the ranks, the ranks'
-models are compared after every task, and rank 0 alone writes the run's files.
+each rank trains on its rows of every global batch, evaluation is split across the ranks, the
+ranks' models are compared after every task, and rank 0 alone writes the run's files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from . import distributed
 from .checkpoint import checkpoint_path, save_checkpoint
 from .config import TrainConfig, check_device
-from .data import load_dataset, shard_train, split_tasks
+from .data import load_dataset, split_tasks
 from .methods import build_learner
 from .methods.selection import evaluate
 from .metrics import build_metrics
@@ -50,7 +50,6 @@ def _run(config: TrainConfig, reporter: Reporter | None, device: torch.device) -
     tasks = split_tasks(train, test, config.classes_per_task, config.tasks, config.val_fraction,
                         config.train_per_class, config.seed)
     world = distributed.world_size()
-    shards = [shard_train(task, distributed.rank(), world) for task in tasks]
     torch.manual_seed(config.seed)
     learner = build_learner(distributed.rank_config(config), train.num_classes, train.channels, backend, device)
     history = {"test": [], "val": [], "generator_params": [], "growth": [], "wall_time_s": []}
@@ -70,7 +69,7 @@ def _run(config: TrainConfig, reporter: Reporter | None, device: torch.device) -
     try:
         for t in range(start, len(tasks)):
             began = time.perf_counter()
-            discriminator = learner.train_task(shards[t], shards[:t], reporter)
+            discriminator = learner.train_task(tasks[t], tasks[:t], reporter)
             distributed.check_replicas(t, {**learner.replicated(), "classifier": discriminator})
             history["wall_time_s"].append(time.perf_counter() - began)
             history.setdefault("capture", []).append(learner.step_capture())

@@ -2,6 +2,6 @@
 
 from .dataset import ImageDataset
 from .datasets import DATASETS, load_dataset
-from .splits import Task, shard_train, split_tasks
+from .splits import Task, split_tasks
 
-__all__ = ["DATASETS", "ImageDataset", "Task", "load_dataset", "shard_train", "split_tasks"]
+__all__ = ["DATASETS", "ImageDataset", "Task", "load_dataset", "split_tasks"]

@@ -10,7 +10,7 @@ not on how many tasks a run uses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -95,22 +95,3 @@ def split_tasks(train: ImageDataset, test: ImageDataset, classes_per_task: int =
         out.append(Task(t, classes, train.subset(torch.cat(train_idx)), train.subset(torch.cat(val_idx)),
                         test.subset(torch.cat(test_idx))))
     return out
-
-
-def shard_train(task: Task, rank: int, world_size: int) -> Task:
-    """``task`` as rank ``rank`` of ``world_size`` data-parallel processes learns it: every class's
-    training images split across the ranks (rank ``r`` takes the class's images ``r, r + N, ...`` of
-    the first ``N * floor(n_c / N)``, so every rank has as many of each class and as many steps an
-    epoch; the last ``n_c mod N`` images of a class are left out, as ``DistributedSampler`` with
-    ``drop_last``). Validation and test images stay whole: every rank sees the same split."""
-    if world_size == 1:
-        return task
-    labels = task.train.labels.cpu()
-    shards = []
-    for c in task.classes:
-        idx = torch.nonzero(labels == c).flatten()
-        if idx.numel() < world_size:
-            raise DataError(f"class {c} has {idx.numel()} training images, fewer than the {world_size} processes "
-                            "of the run: every process needs at least one image of every class")
-        shards.append(idx[: idx.numel() - idx.numel() % world_size][rank::world_size])
-    return replace(task, train=task.train.subset(torch.cat(shards)))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
+from ..errors import DataError
 from ..models import dcgan_discriminator, gradient_penalty, mlp_discriminator
 from ..reporting import Reporter
 from .selection import BestEpoch, validation_sets
@@ -229,14 +230,35 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     return max(1, -(-n // batch_size))
 
 
+def epoch_steps(n: int, config) -> int:
+    """Minibatches in an epoch over ``n`` samples (``config``: the rank's), the same on every rank
+    of a data-parallel run, whose global batch is ``N * config.batch_size`` and whose epochs leave
+    ``n mod N`` samples out (:func:`minibatches`)."""
+    world = distributed.world_size()
+    if n < world:
+        raise DataError(f"a task has {n} training samples, fewer than the {world} processes of the run: every "
+                        "process needs at least one sample a step")
+    return batches_per_epoch(n - n % world, config.batch_size * world)
+
+
 def minibatches(n: int, config, rng: torch.Generator, reporter: Reporter, task, device):
     """``config.epochs`` epochs over ``n`` samples, a fresh order from ``rng`` each epoch; yields
-    ``(epoch, step, steps_per_epoch, indices)``."""
-    steps = batches_per_epoch(n, config.batch_size)
+    ``(epoch, step, steps_per_epoch, indices)``.
+
+    Data-parallel (``N`` ranks): every rank draws the same order (``rng`` is seeded alike) and takes
+    every ``N``-th row of each global batch of ``N * config.batch_size``, so the ranks' batches
+    together are the batch one process would take, and every class's images of an epoch are split
+    across the ranks. The order's last ``n mod N`` samples are left out, so every rank has as many
+    rows in every step (``DistributedSampler``'s ``drop_last``)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    size, steps = config.batch_size * world, epoch_steps(n, config)
     for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
         order = torch.randperm(n, generator=rng).to(device)
+        if world > 1:
+            order = order[: n - n % world]
         for b in range(steps):
-            yield epoch, b, steps, order[b * config.batch_size:(b + 1) * config.batch_size]
+            batch = order[b * size:(b + 1) * size]
+            yield epoch, b, steps, batch if world == 1 else batch[rank::world]
 
 
 @torch.no_grad()
@@ -263,11 +285,11 @@ def replay_for(generator, task, old_tasks, config, n_real: int):
     task: ``(images, labels, batch)``. Generated once, before the generator learns ``task``, so by
     the generator as it was after the previous task. ``batch`` is how many replayed images each
     step adds to the classifier's batch: as many per earlier class as real images per new class,
-    so all classes seen weigh the same. In a data-parallel run each rank makes its share (``n_real``
-    and ``config`` are the rank's) from a seed of its own."""
+    so all classes seen weigh the same. In a data-parallel run each rank makes its share (``config``
+    is the rank's) from a seed of its own."""
     if not old_tasks:
         return None
-    per_class = config.replay_per_class or max(1, n_real // len(task.classes))
+    per_class = config.replay_per_class or max(1, distributed.share(n_real // len(task.classes)))
     images, labels = generate_replay(generator, old_tasks, per_class, config.batch_size,
                                      distributed.rank_seed(task_seed(config.seed, task.index)))
     return images, labels, config.batch_size * classes_seen(old_tasks) // len(task.classes)

@@ -30,10 +30,10 @@ from ..step_graph import CapturedStep, unavailable_reason
 from .base import (
     GenerativeLearner,
     TaskSetup,
-    batches_per_epoch,
     build_discriminator,
     classes_seen,
     discriminator_loss,
+    epoch_steps,
     generator_loss,
     replay_batch,
     replay_for,
@@ -94,7 +94,7 @@ def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.de
     opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}], **adam)
     opt_g.set_reserved(reserved_masks(generator))
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
-    schedule = SharpnessSchedule(batches_per_epoch(n_real, config.batch_size), config.resolved_s_max, device)
+    schedule = SharpnessSchedule(epoch_steps(n_real, config), config.resolved_s_max, device)
     return TaskTraining(generator, list(task.classes), discriminator, FrozenAdam(discriminator.parameters(), **adam),
                         opt_g, logits, replay, replay_rng(config, task, device), schedule, lambda_reg,
                         config.lambda_gp, config.lambda_class, distributed.gradient_sync())
