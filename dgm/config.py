@@ -88,6 +88,9 @@ class TrainConfig:
     capture: bool = setting(True, "on a CUDA device, capture the DGM training step once per task as a CUDA graph "
                                   "and replay it (--no-capture: run every step eagerly); metrics.json says per "
                                   "task whether it was captured", run_only=True)
+    dist_timeout: float = setting(600.0, "seconds a rank of a torchrun run waits for the others in a collective "
+                                         "before the run stops with an error naming what it waited for",
+                                  low=0, low_open=True, run_only=True, metavar="SECONDS")
     out: str = setting("runs/dgm", "output folder (checkpoints, logs, metrics.json)", run_only=True, metavar="DIR")
     resume: bool = setting(False, "continue from the latest checkpoint in --out", run_only=True)
     resume_from_valid: bool = setting(False, "continue from the newest checkpoint in --out that loads, when "

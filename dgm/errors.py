@@ -3,8 +3,8 @@ opposed to bugs.
 
 The console scripts show a :class:`DGMError` as one line and exit with its ``exit_code``; any other
 exception is a bug and shows its traceback (:mod:`dgm.cli.boundary`). Each type also derives from
-``ValueError`` (``Interrupted`` excepted), so code that caught the ``ValueError`` these failures
-used to be keeps working.
+``ValueError`` (``Interrupted`` and ``DistributedError``, failures of the run's processes, excepted),
+so code that caught the ``ValueError`` these failures used to be keeps working.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ class ResultsError(DGMError, ValueError):
     """A run folder's ``metrics.json`` is missing or damaged, or runs cannot be tabulated together."""
 
 
+class DistributedError(DGMError, RuntimeError):
+    """A data-parallel run cannot go on: a rank stopped or did not answer in time, the launcher's
+    environment is wrong, or the ranks' models diverged (:mod:`dgm.distributed`)."""
+
+
 class Interrupted(DGMError):
     """The user stopped the program (Ctrl-C): exit status 130, the shell's for SIGINT."""
 
@@ -70,5 +75,5 @@ def show(value) -> str:
     return repr(value)
 
 
-__all__ = ["CheckpointError", "ConfigError", "DGMError", "DataError", "Interrupted", "ResultsError", "UsageError",
-           "one_line", "show"]
+__all__ = ["CheckpointError", "ConfigError", "DGMError", "DataError", "DistributedError", "Interrupted",
+           "ResultsError", "UsageError", "one_line", "show"]

@@ -97,7 +97,8 @@ def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], histo
     total)`` pairs), ``"generator_params"`` and ``"wall_time_s"``; optionally ``"val"`` (the same
     rows on validation data, reported when every task has validation data), ``"growth"``
     (the generator's units per layer after each task) and ``"capture"`` (per task, whether its
-    training step ran as a CUDA graph, and if not why: :mod:`dgm.step_graph`).
+    training step ran as a CUDA graph, and if not why: :mod:`dgm.step_graph`) and ``"world_size"``
+    (per task, how many data-parallel processes learned it: :mod:`dgm.distributed`).
     """
     test = AccuracyMatrix(history["test"])
     t = test.num_tasks
@@ -133,4 +134,6 @@ def build_metrics(config: dict, classes_per_task: Sequence[Sequence[int]], histo
         out["generator_units"] = [list(units) for units in history["growth"]]
     if history.get("capture"):
         out["step_capture"] = [dict(entry) for entry in history["capture"]]
+    if history.get("world_size"):
+        out["world_size"] = [int(n) for n in history["world_size"]]
     return out

@@ -208,6 +208,26 @@ class Reporter:
             tqdm.write(line, file=self.stream)
 
 
+class SilentReporter(Reporter):
+    """What a rank other than 0 of a data-parallel run reports: nothing (rank 0 writes the run's
+    files and shows its progress)."""
+
+    def __init__(self):
+        super().__init__(".", show_progress=False, tensorboard=False)
+
+    def start(self, config: dict, resumed_from_task: int | None) -> None:
+        """Opens nothing."""
+
+    def log_step(self, task: int, epoch: int, step: int, scalars: dict) -> None:
+        """Keeps nothing."""
+
+    def task_end(self, task: int, metrics: dict, samples, sample_nrow: int) -> None:
+        """Writes nothing."""
+
+    def note(self, line: str) -> None:
+        """Rank 0 says it."""
+
+
 def plot_accuracy_matrix(matrix: list[list[float | None]], average: list[float]) -> bytes:
     """PNG bytes of a heatmap of the lower-triangular accuracy matrix, with ``A`` per row."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend

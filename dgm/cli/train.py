@@ -11,6 +11,9 @@ interrupted (continue with ``--resume``); 1 a bug (traceback).
 
 ``--resume`` continues the run in ``--out`` from its newest checkpoint; when that one is damaged
 the error names the newest one that loads, and ``--resume-from-valid`` continues from it.
+
+``torchrun --nproc_per_node N -m dgm.cli.train ...`` runs it data-parallel on N processes
+(:mod:`dgm.distributed`; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ def resolve_fused(device: str) -> str:
 def main(argv: list[str] | None) -> None:
     """Run ``dgm-train`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     config, labels = _parse(argv)
+    from ..distributed import launched_rank
     from ..trainer import run  # heavy imports only once the flags are valid
 
     reporter = Reporter(config.out)
@@ -112,7 +116,8 @@ def main(argv: list[str] | None) -> None:
             from None
     finally:
         reporter.close()
-    print(format_summary(metrics))
+    if launched_rank() == 0:  # under torchrun, rank 0 speaks for the run
+        print(format_summary(metrics))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ epoch walks over, and the ``step`` of one minibatch), run ``config.epochs`` epoc
 keep the classifier of the epoch that ``config.selection`` picks (:mod:`~dgm.methods.selection`),
 let the method close the task (:meth:`Learner.end_task`). Randomness is seeded per task
 (:func:`task_rng`, :func:`replay_rng`), so a run resumed from the checkpoint after task ``t``
-continues exactly as the unbroken run would.
+continues exactly as the unbroken run would. In a data-parallel run (:mod:`dgm.distributed`) the
+models are initialised alike on every rank, and the draws of the steps and the replay are
+rank-distinct (:func:`~dgm.distributed.rank_seed`).
 
 ``config`` is always the run's :class:`dgm.config.TrainConfig`; the methods do not import it, since
 the config takes the method names from this package's registry (no import cycle).
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
+from ..errors import DataError
 from ..models import dcgan_discriminator, gradient_penalty, mlp_discriminator
 from ..reporting import Reporter
 from .selection import BestEpoch, validation_sets
@@ -51,6 +55,8 @@ class Learner(abc.ABC):
         whose classifier head covers every class seen), that of the epoch the selection keeps."""
         rng = task_rng(self.config, task)
         setup = self.begin_task(task, old_tasks)
+        if distributed.world_size() > 1:  # the models are initialised alike; the steps' draws differ per rank
+            torch.manual_seed(distributed.rank_seed(task_seed(self.config.seed, task.index)))
         selection = self.config.selection
         generated = self.generated_validation(task, old_tasks) if selection == "current" else None
         best = BestEpoch(setup.classifier, validation_sets(selection, task, old_tasks, generated),
@@ -68,6 +74,11 @@ class Learner(abc.ABC):
 
     def end_task(self) -> None:
         """Close the task once its epochs are done."""
+
+    def replicated(self) -> dict[str, nn.Module]:
+        """The models carried across tasks, which every rank of a data-parallel run holds alike
+        (compared after every task: :func:`dgm.distributed.check_replicas`)."""
+        return {}
 
     def step_capture(self) -> dict:
         """Whether the last task's training step was captured as a CUDA graph, and if not why:
@@ -107,6 +118,14 @@ class GenerativeLearner(Learner):
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
 
+    def end_task(self) -> None:
+        """Every rank takes rank 0's running statistics of the generator's norms (each rank's come
+        from its own batches), which the replay of the next tasks reads."""
+        distributed.broadcast_buffers(self.generator, "generator")
+
+    def replicated(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}
+
     def samples(self, tasks):
         """Eight generated images of every class of ``tasks``, one row per class."""
         return generate_replay(self.generator, tasks, 8, self.config.batch_size, self.config.seed)[0]
@@ -114,7 +133,7 @@ class GenerativeLearner(Learner):
     def generated_validation(self, task, old_tasks):
         """As many images per earlier class as ``task`` has validation images per class, by the
         generator before it learns ``task``, from a seed of their own (the replay uses ``+ 0``, its
-        picks ``+ 1``)."""
+        picks ``+ 1``); the same on every rank of a data-parallel run, which splits their scoring."""
         per_class = len(task.val) // len(task.classes)
         if not old_tasks or not per_class:
             return None
@@ -143,11 +162,13 @@ class ClassifierLearner(Learner):
         x_all, y_all = images.to(self.device), labels.to(self.device)
         opt = adam(classifier.parameters(), self.config)
         classifier.train()
+        model = distributed.wrap(classifier, self.device)  # rebuilt every task: the classifier is new or wider
 
         def step(epoch, b, batches, idx):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(classifier(x_all[idx])[1], y_all[idx])
-            loss.backward()
+            loss = F.cross_entropy(model(x_all[idx])[1], y_all[idx])
+            with distributed.collective("the classifier's backward and gradient all-reduce (DDP)"):
+                loss.backward()
             opt.step()
             return {"class": loss.detach()}
 
@@ -201,7 +222,7 @@ def task_rng(config, task) -> torch.Generator:
 def replay_rng(config, task, device: torch.device) -> torch.Generator:
     """The generator of the task's replay picks, on ``device`` so that drawing a step's picks
     needs no host-to-device copy (which would make the host wait for the device)."""
-    return torch.Generator(device=device).manual_seed(task_seed(config.seed, task.index) + 1)
+    return torch.Generator(device=device).manual_seed(distributed.rank_seed(task_seed(config.seed, task.index) + 1))
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -209,14 +230,35 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     return max(1, -(-n // batch_size))
 
 
+def epoch_steps(n: int, config) -> int:
+    """Minibatches in an epoch over ``n`` samples (``config``: the rank's), the same on every rank
+    of a data-parallel run, whose global batch is ``N * config.batch_size`` and whose epochs leave
+    ``n mod N`` samples out (:func:`minibatches`)."""
+    world = distributed.world_size()
+    if n < world:
+        raise DataError(f"a task has {n} training samples, fewer than the {world} processes of the run: every "
+                        "process needs at least one sample a step")
+    return batches_per_epoch(n - n % world, config.batch_size * world)
+
+
 def minibatches(n: int, config, rng: torch.Generator, reporter: Reporter, task, device):
     """``config.epochs`` epochs over ``n`` samples, a fresh order from ``rng`` each epoch; yields
-    ``(epoch, step, steps_per_epoch, indices)``."""
-    steps = batches_per_epoch(n, config.batch_size)
+    ``(epoch, step, steps_per_epoch, indices)``.
+
+    Data-parallel (``N`` ranks): every rank draws the same order (``rng`` is seeded alike) and takes
+    every ``N``-th row of each global batch of ``N * config.batch_size``, so the ranks' batches
+    together are the batch one process would take, and every class's images of an epoch are split
+    across the ranks. The order's last ``n mod N`` samples are left out, so every rank has as many
+    rows in every step (``DistributedSampler``'s ``drop_last``)."""
+    world, rank = distributed.world_size(), distributed.rank()
+    size, steps = config.batch_size * world, epoch_steps(n, config)
     for epoch in reporter.progress(range(config.epochs), config.epochs, f"task {task.index}"):
         order = torch.randperm(n, generator=rng).to(device)
+        if world > 1:
+            order = order[: n - n % world]
         for b in range(steps):
-            yield epoch, b, steps, order[b * config.batch_size:(b + 1) * config.batch_size]
+            batch = order[b * size:(b + 1) * size]
+            yield epoch, b, steps, batch if world == 1 else batch[rank::world]
 
 
 @torch.no_grad()
@@ -243,12 +285,13 @@ def replay_for(generator, task, old_tasks, config, n_real: int):
     task: ``(images, labels, batch)``. Generated once, before the generator learns ``task``, so by
     the generator as it was after the previous task. ``batch`` is how many replayed images each
     step adds to the classifier's batch: as many per earlier class as real images per new class,
-    so all classes seen weigh the same."""
+    so all classes seen weigh the same. In a data-parallel run each rank makes its share (``config``
+    is the rank's) from a seed of its own."""
     if not old_tasks:
         return None
-    per_class = config.replay_per_class or max(1, n_real // len(task.classes))
+    per_class = config.replay_per_class or max(1, distributed.share(n_real // len(task.classes)))
     images, labels = generate_replay(generator, old_tasks, per_class, config.batch_size,
-                                     task_seed(config.seed, task.index))
+                                     distributed.rank_seed(task_seed(config.seed, task.index)))
     return images, labels, config.batch_size * classes_seen(old_tasks) // len(task.classes)
 
 

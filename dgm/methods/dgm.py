@@ -17,10 +17,12 @@ in its MNIST and SVHN ones (one class per task).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..masks import SharpnessSchedule, compensate_logit_grad_, sharpness, sparsity_regularizer
 from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator
 from ..optim import FrozenAdam, reserved_masks
@@ -28,10 +30,10 @@ from ..step_graph import CapturedStep, unavailable_reason
 from .base import (
     GenerativeLearner,
     TaskSetup,
-    batches_per_epoch,
     build_discriminator,
     classes_seen,
     discriminator_loss,
+    epoch_steps,
     generator_loss,
     replay_batch,
     replay_for,
@@ -69,6 +71,9 @@ class TaskTraining:
     lambda_reg: float
     lambda_gp: float
     lambda_class: float
+    # Data-parallel runs: averages gradients over the ranks before each optimiser step
+    # (dgm.distributed.sync_gradients); None in a single process, whose step is left as it is.
+    sync: Callable[[list, str], None] | None = None
 
 
 def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.device) -> TaskTraining:
@@ -89,10 +94,10 @@ def begin_task(generator, task, old_tasks, n_real: int, config, device: torch.de
     opt_g = FrozenAdam([{"params": weights}, {"params": logits, "lr": config.mask_lr or config.lr}], **adam)
     opt_g.set_reserved(reserved_masks(generator))
     lambda_reg = config.resolved_lambda_reg * generator.units() / generator.initial_units
-    schedule = SharpnessSchedule(batches_per_epoch(n_real, config.batch_size), config.resolved_s_max, device)
+    schedule = SharpnessSchedule(epoch_steps(n_real, config), config.resolved_s_max, device)
     return TaskTraining(generator, list(task.classes), discriminator, FrozenAdam(discriminator.parameters(), **adam),
                         opt_g, logits, replay, replay_rng(config, task, device), schedule, lambda_reg,
-                        config.lambda_gp, config.lambda_class)
+                        config.lambda_gp, config.lambda_class, distributed.gradient_sync())
 
 
 def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -111,6 +116,8 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
     replay = None if state.replay is None else replay_batch(state.replay, state.replay_rng)
     loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, state.lambda_gp, replay)
     loss_d.backward()
+    if state.sync is not None:
+        state.sync(list(discriminator.parameters()), "discriminator")
     state.opt_d.step()
 
     # Generator: fool the critic, be classified as the label asked for, with a sparse mask;
@@ -122,6 +129,8 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
     loss_g.backward()
     for p in state.logits:
         compensate_logit_grad_(p, s, gain)
+    if state.sync is not None:  # the weights, norms, heads and mask logits being learned
+        state.sync([p for group in state.opt_g.param_groups for p in group["params"]], "generator")
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "class": loss_class.detach(),
             "gp": gp.detach(), "reg": reg.detach(), "g_class": g_class.detach()}
@@ -130,12 +139,15 @@ def train_step(state: TaskTraining, x: torch.Tensor, y: torch.Tensor) -> dict:
 class DGMLearner(GenerativeLearner):
     """``dgmw`` / ``dgma``: carries the masked, growing generator; the discriminator is rebuilt
     every task. On a CUDA device each task's step is captured as a CUDA graph and replayed
-    (:mod:`dgm.step_graph`; ``config.capture``)."""
+    (:mod:`dgm.step_graph`; ``config.capture``), except in a data-parallel run."""
 
     def __init__(self, config, num_classes: int, channels: int, backend: str, device: torch.device):
         super().__init__(config, num_classes, channels, backend, device)
         self.generator = build_generator(config, num_classes, channels, backend).to(device)
         self._not_captured = unavailable_reason(device, config.capture)
+        if self._not_captured is None and distributed.world_size() > 1:
+            self._not_captured = (f"data-parallel run ({distributed.world_size()} processes): the step's gradient "
+                                  "all-reduces run eagerly, outside a CUDA graph")
         self._captured: CapturedStep | None = None  # the task's step, while it is learned
         self._capture_report = {"captured": False, "reason": self._not_captured}
 
@@ -160,6 +172,7 @@ class DGMLearner(GenerativeLearner):
         (and its graph's memory) goes."""
         if self._captured is not None:
             self._capture_report, self._captured = self._captured.report(), None
+        super().end_task()
         self.generator.consolidate_and_expand()
 
     def generator_size(self) -> tuple[int, list[int]]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..models.blocks import DCGAN_HEAD, check_latent, dcgan_body, dcgan_norm, label_noise
 from ..models.generator import dcgan_init_
 from .base import (
@@ -92,6 +93,7 @@ class ReplayLearner(GenerativeLearner):
         replay = replay_for(generator, task, old_tasks, config, real_y.shape[0])
         generator.train()
         opt_d, opt_g = adam(discriminator.parameters(), config), adam(generator.parameters(), config)
+        sync = distributed.gradient_sync()  # data-parallel runs: average the gradients over the ranks
 
         def step(epoch, b, batches, idx):
             x, y = real_x[idx], real_y[idx]
@@ -104,6 +106,8 @@ class ReplayLearner(GenerativeLearner):
                 fake = generator(generator.noise(y))
             loss_d, loss_class, gp = discriminator_loss(discriminator, x, y, fake, config.lambda_gp)
             loss_d.backward()
+            if sync is not None:
+                sync(list(discriminator.parameters()), "discriminator")
             opt_d.step()
 
             # AC-GAN generator loss: fool the critic and be classified as the label asked for.
@@ -111,6 +115,8 @@ class ReplayLearner(GenerativeLearner):
             adversarial, loss_g_class = generator_loss(discriminator, generator(generator.noise(y)), y)
             loss_g = adversarial + loss_g_class
             loss_g.backward()
+            if sync is not None:
+                sync(list(generator.parameters()), "generator")
             opt_g.step()
             scalars = {"loss_d": loss_d, "loss_g": loss_g, "class": loss_class, "gp": gp, "g_class": loss_g_class}
             return {k: v.detach() for k, v in scalars.items()}

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
+
 SELECTIONS = ("official", "current", "last")
 
 
@@ -48,10 +50,12 @@ class BestEpoch:
         self.accuracy, self.state = -1.0, None
 
     def end_epoch(self) -> None:
-        total = sum(labels.shape[0] for _, labels in self.sets)
+        if not self.sets:
+            return
+        counts = count_correct(self.classifier, self.sets, self.batch_size, self.device)
+        correct, total = sum(c for c, _ in counts), sum(n for _, n in counts)
         if not total:
             return
-        correct = sum(c for c, _ in count_correct(self.classifier, self.sets, self.batch_size, self.device))
         if correct / total > self.accuracy:
             self.accuracy = correct / total
             self.state = {k: v.detach().clone() for k, v in self.classifier.state_dict().items()}
@@ -66,19 +70,25 @@ class BestEpoch:
 @torch.no_grad()
 def count_correct(classifier, sets, batch_size: int, device: torch.device) -> list[tuple[int, int]]:
     """Per set ``(images, labels)``: ``(correct, total)`` of the classifier head, in eval mode; one
-    host read for all sets."""
+    host read for all sets. In a data-parallel run (the same sets on every rank) each rank scores
+    every ``N``-th image of each set and the counts are summed over the ranks."""
     was_training = classifier.training
     classifier.eval()
-    correct = []
+    size, rank = distributed.world_size(), distributed.rank()
+    if size > 1:
+        sets = [(images[rank::size], labels[rank::size]) for images, labels in sets]
+    counts = []
     for images, labels in sets:
         hits = torch.zeros((), dtype=torch.long, device=device)
         for i in range(0, labels.shape[0], batch_size):
             x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
             hits += (classifier(x)[1].argmax(1) == y).sum()
-        correct.append(hits)
+        counts.append(torch.stack([hits, torch.tensor(labels.shape[0], device=device)]))
     classifier.train(was_training)
-    correct = torch.stack(correct).tolist() if correct else []
-    return [(c, labels.shape[0]) for c, (_, labels) in zip(correct, sets)]
+    if not counts:
+        return []
+    counts = distributed.sum_(torch.stack(counts), "the evaluation's counts")
+    return [(c, n) for c, n in counts.tolist()]
 
 
 def evaluate(discriminator, tasks, split: str, batch_size: int, device: torch.device) -> list[tuple[int, int]]:
