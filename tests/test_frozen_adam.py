@@ -41,17 +41,22 @@ def frozen_adam(params, lr, wd, decoupled, backend):
                       decoupled_weight_decay=decoupled, backend=backend)
 
 
+def assert_steps_equal(opt, ours, ref, theirs, steps):
+    """``steps`` steps of both optimisers leave their parameters and moments bit-identical."""
+    run(opt, ours, steps)
+    run(ref, theirs, steps)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["exp_avg"], ref.state[b]["exp_avg"])
+        assert torch.equal(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])
+
+
 @pytest.mark.parametrize("wd, decoupled", DECAYS)
 def test_reference_is_torch_adam_bit_for_bit(wd, decoupled):
     ours, theirs = make_params("cpu"), make_params("cpu")
     opt = frozen_adam(ours, 0.01, wd, decoupled, "reference")
     ref = torch_adam(theirs, 0.01, wd, decoupled, foreach=False)
-    run(opt, ours, 12)
-    run(ref, theirs, 12)
-    for a, b in zip(ours, theirs):
-        assert torch.equal(a, b)
-        assert torch.equal(opt.state[a]["exp_avg"], ref.state[b]["exp_avg"])
-        assert torch.equal(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])
+    assert_steps_equal(opt, ours, ref, theirs, 12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -64,12 +69,7 @@ def test_extension_is_torch_adam_bit_for_bit_on_cpu(dtype, wd, decoupled):
     ours, theirs = make_params("cpu", dtype, shapes=shapes), make_params("cpu", dtype, shapes=shapes)
     opt = frozen_adam(ours, 0.01, wd, decoupled, "extension")
     ref = torch_adam(theirs, 0.01, wd, decoupled, foreach=False)
-    run(opt, ours, 12)
-    run(ref, theirs, 12)
-    for a, b in zip(ours, theirs):
-        assert torch.equal(a, b)
-        assert torch.equal(opt.state[a]["exp_avg"], ref.state[b]["exp_avg"])
-        assert torch.equal(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])
+    assert_steps_equal(opt, ours, ref, theirs, 12)
 
 
 @pytest.mark.gpu
