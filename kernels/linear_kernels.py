@@ -1,5 +1,8 @@
-"""The two Triton GEMMs of the masked linear, with the DGM mask formed in registers.
+"""The Triton kernels of the masked linear: the masked weight, and two GEMMs with the DGM mask
+formed in registers where it is not formed beforehand.
 
+* :func:`masked_weight` -- ``W_eff = W * m`` in one pass (``m`` the soft mask or one task's bits),
+  which the forward and the input gradient then read unmasked (:mod:`.linear_op`).
 * :func:`masked_mm` -- ``C = A @ op(W_eff)``: the forward (``op = transpose``) and the input
   gradient (``op = identity``). The k-loop loads a weight tile and its mask tile (logits ->
   ``sigmoid(s * logits)``, or packed bits -> one bit) and multiplies them before the dot; the
@@ -109,6 +112,16 @@ def _masked_mm_kernel(
                   HAS_BIAS, BIAS_MASK, HAS_SCALE, WRITE_PRE)
 
 
+# fp32 without TF32 ("ieee") dots run on the FMA units with both operands in registers: the shipped
+# tiles that spill there on sm_90 (static compile, Triton 3.8: 64x128x32 12 B and 128x128x64 76 B per
+# thread) are left out of that variant's tuning.
+_IEEE_SPILLS = {(64, 128, 32), (128, 128, 64)}
+_masked_mm_ieee = triton.autotune(
+    configs=[c for c in _masked_mm_kernel.configs
+             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]) not in _IEEE_SPILLS],
+    key=["M", "N", "K", "MASK", "PER_ROW", "W_ROWS_ARE_N"])(_masked_mm_kernel.fn)
+
+
 @triton.jit
 def _b_loop(acc, start, end, p_ptr, sp_b, sp_r, q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok,
             PER_ROW: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -170,6 +183,33 @@ def _masked_wgrad_kernel(
                      wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, 1, FROZEN, True, HAS_IN_RES)
 
 
+@triton.jit
+def _masked_weight_kernel(w_ptr, l_ptr, bits_ptr, out_ptr, R, C, s_ptr, sw_0, sw_1, sl_0, sl_1, sb_0, sb_1,
+                          MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, MASK_NONE)
+    wr = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None]
+    wc = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[None, :]
+    ok = (wr < R) & (wc < C)
+    w = load_masked_weight(w_ptr, wr * sw_0 + wc * sw_1, ok, wc, l_ptr, wr * sl_0 + wc * sl_1, bits_ptr,
+                           wr * sb_0 + (wc >> 3) * sb_1, s, MASK)
+    tl.store(out_ptr + wr * C + wc, w, mask=ok)
+
+
+def masked_weight(w: torch.Tensor, *, logits=None, s=None, bits=None) -> torch.Tensor:
+    """``W * m`` for one task's mask (logits with ``s``, or packed bits), contiguous, in ``w``'s
+    dtype: the same product and rounding as the GEMMs' in-register mask."""
+    out = torch.empty(w.shape, device=w.device, dtype=w.dtype)
+    R, C = w.shape
+    if out.numel() == 0:
+        return out
+    block_r, block_c = (64, 64) if launch.interpreting() else (32, 128)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    _masked_weight_kernel[grid](w, logits, bits, out, R, C, s, *w.stride(), *launch.strides(logits, 2),
+                                *launch.strides(bits, 2), MASK=launch.mask_kind(logits, bits), BLOCK_R=block_r,
+                                BLOCK_C=block_c, num_warps=4)
+    return out
+
+
 def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s=None, bits=None,
               perm=None, sorted_task=None, bias=None, bias_logits=None, bias_bits=None, scale=None,
               write_pre: bool = False):
@@ -186,7 +226,9 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
     if M == 0 or N == 0:
         return c, pre
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _masked_mm_kernel[grid](
+    prec = launch.input_precision(a.dtype)
+    kernel = _masked_mm_ieee if a.dtype == torch.float32 and prec == "ieee" else _masked_mm_kernel
+    kernel[grid](
         a, w, c,
         logits, bits,
         perm, sorted_task,
@@ -196,7 +238,7 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
         *launch.task_strides(bias_bits)[:2], *launch.scale_strides(scale), *c.stride(),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None, W_ROWS_ARE_N=w_rows_are_n,
         HAS_BIAS=bias is not None, BIAS_MASK=launch.mask_kind(bias_logits, bias_bits),
-        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=launch.input_precision(a.dtype),
+        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=prec,
     )
     return c, pre
 
