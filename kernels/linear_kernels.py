@@ -113,16 +113,22 @@ def _masked_mm_kernel(
 
 
 # fp32 without TF32 ("ieee") dots run on the FMA units with both operands in registers, where the
-# shipped GEMM tiles spill (static compile, Triton 3.8, fp32 forward with bias on the masked weight:
-# sm_80 52-6448 B per thread in every tile, sm_90 12 B at 64x128x32 and 76 B at 128x128x64); K-steps
-# of 16 (32 on the smallest tile) keep every operand in registers: 0 B on sm_80 and sm_90, forward
-# and input gradient.
+# shipped GEMM tiles spill (static compile, Triton 3.8: the forward with bias on the masked weight
+# 52-6448 B per thread in every tile on sm_80, 12-76 B in two on sm_90; the weight gradient with the
+# soft-mask epilogue 80-268 B on sm_90). With K-steps of 16 (32 on the smallest tile) the forward and
+# input gradient spill 0 B in these five tiles on both targets, the weight gradient in the two smallest.
 _IEEE_SHAPES = [(128, 128, 16, 3, 8), (128, 64, 16, 3, 4), (64, 128, 16, 3, 4), (64, 64, 16, 3, 4), (32, 64, 32, 3, 4)]
-_masked_mm_ieee = triton.autotune(
-    configs=(_masked_mm_kernel.configs if launch.interpreting() else
-             [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=st, num_warps=w)
-              for bm, bn, bk, st, w in _IEEE_SHAPES]),
-    key=["M", "N", "K", "MASK", "PER_ROW", "W_ROWS_ARE_N"])(_masked_mm_kernel.fn)
+
+
+def _ieee_variant(kernel, names: tuple[str, str, str, str], shapes: list[tuple[int, ...]]):
+    """The autotuned ``kernel``'s JIT function, same keys, over the ieee ``shapes`` (its own config
+    under the interpreter); ``names`` are its tile parameters."""
+    configs = kernel.configs if launch.interpreting() else [
+        triton.Config(dict(zip(names, (a, b, k, 8))), num_stages=st, num_warps=w) for a, b, k, st, w in shapes]
+    return triton.autotune(configs=configs, key=kernel.keys)(kernel.fn)
+
+
+_masked_mm_ieee = _ieee_variant(_masked_mm_kernel, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), _IEEE_SHAPES)
 
 
 @triton.jit
@@ -184,6 +190,11 @@ def _masked_wgrad_kernel(
         # The linear weight's rows are output units, one column per input unit.
         freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, wr * sgw_0 + wc * sgw_1, fbits_ptr,
                      wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, 1, FROZEN, True, HAS_IN_RES)
+
+
+# Its epilogue (mask, logit gradient, freeze) holds more live values: only the smaller tiles fit.
+_masked_wgrad_ieee = _ieee_variant(_masked_wgrad_kernel, ("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
+                                   [shape for shape in _IEEE_SHAPES if shape[0] * shape[1] <= 64 * 64])
 
 
 @triton.jit
@@ -262,7 +273,9 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         return gw, gl
     T = bits.shape[0] if perm is not None else 1
     grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)  # noqa: E731
-    _masked_wgrad_kernel[grid](
+    prec = launch.input_precision(p.dtype)
+    kernel = _masked_wgrad_ieee if p.dtype == torch.float32 and prec == "ieee" else _masked_wgrad_kernel
+    kernel[grid](
         p, q, w,
         logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),
         gw, gl,
@@ -271,6 +284,6 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         *launch.strides(frozen_bits, 2), *launch.strides(gw, 2), *launch.strides(gl, 2),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None,
         FROZEN=launch.frozen_kind(frozen_bits, frozen_out), HAS_IN_RES=frozen_in is not None, WRITE_W=write_w,
-        WRITE_L=write_logits, PREC=launch.input_precision(p.dtype),
+        WRITE_L=write_logits, PREC=prec,
     )
     return gw, gl
