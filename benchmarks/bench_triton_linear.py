@@ -1,30 +1,42 @@
-"""Masked linear: reference vs the fused Triton kernels vs the unmasked limit (``F.linear``).
+"""Masked linear: reference vs the fused Triton kernels vs ``auto`` (the backend the cost model of
+:mod:`dgm.ops.cost` picks per size: Triton, or cuBLAS on the masked weight through the extension)
+vs the unmasked limit (``F.linear``).
 
 Shapes are ``(batch, in, out)``: the paper's sizes and one large GEMM-bound case on a GPU, tiny
-ones on a CPU. Each shape and pass is one pytest-benchmark group holding the three columns. The
-Triton column skips on a CPU: the interpreter runs the kernels in Python and measures nothing.
+ones on a CPU. Each shape and pass is one pytest-benchmark group holding the columns, so one run
+gives ``triton/limit`` and ``auto/limit`` (the target: <= 1.15 for fwd+bwd at 4096^3). The Triton
+and auto columns skip on a CPU: the interpreter runs the kernels in Python and measures nothing,
+and auto runs the reference there.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dgm import bits
+from dgm import bits, ops
 from dgm.ops import reference
 
 CPU_SHAPES = [(64, 100, 100), (128, 256, 256)]
 GPU_SHAPES = [(64, 100, 100), (256, 512, 512), (256, 1024, 1024), (4096, 4096, 4096)]
-IMPLS = ["reference", "triton", "limit"]
+IMPLS = ["reference", "triton", "auto", "limit"]
 TASKS = 10
 
 
+class _Auto:
+    """``dgm.ops`` with ``backend="auto"``, in the form of a backend module."""
+
+    @staticmethod
+    def linear(*args, **kwargs):
+        return ops.linear(*args, backend="auto", **kwargs)
+
+
 def _module(impl):
+    if impl in ("triton", "auto") and not torch.cuda.is_available():
+        pytest.skip(f"{impl} column: no GPU, and the interpreter is not a speed measure")
     if impl == "triton":
-        if not torch.cuda.is_available():
-            pytest.skip("triton column: no GPU, and the interpreter is not a speed measure")
         import dgm.kernels
         return dgm.kernels
-    return reference
+    return _Auto if impl == "auto" else reference
 
 
 def _inputs(shape, device, grad=False):

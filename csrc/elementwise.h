@@ -29,6 +29,9 @@ DGM_HD double exp_(double x) { return exp(x); }
 DGM_HD float sqrt_(float x) { return sqrtf(x); }
 DGM_HD double sqrt_(double x) { return sqrt(x); }
 DGM_HD double pow_(double x, double y) { return pow(x, y); }
+// Fused multiply-add, one rounding: what ATen's vectorised CPU kernels (Vectorized::fmadd) compute.
+DGM_HD float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+DGM_HD double fma_(double a, double b, double c) { return fma(a, b, c); }
 
 // Bit `col` of one packed row (dgm/bits.py: bit j of byte b holds column 8 * b + j).
 DGM_HD bool bit_at(const uint8_t* row, int64_t col) { return (row[col >> 3] >> (col & 7)) & 1; }
@@ -134,7 +137,7 @@ DGM_HD void masked_weight_grad_at(const MaskedWeightGrad<T>& a, int64_t r, int64
 }
 
 // Adam / AdamW hyper-parameters of one parameter's group, pre-combined on the host in double as
-// torch.optim.Adam does.
+// torch.optim.Adam does (1 - lr * weight_decay, 1 - beta1, 1 - beta2 are Python floats there).
 struct AdamScalars {
   double decay;            // 1 - lr * weight_decay (decoupled)
   double weight_decay;     // L2 coefficient added to the gradient (not decoupled)
@@ -142,35 +145,51 @@ struct AdamScalars {
   bool decoupled, has_weight_decay;
 };
 
+// ATen's lerp (Vectorized lerp_vec, which its scalar loop matches): one fused multiply-add from
+// the nearer end, the weight's complement rounded in A.
 template <typename A>
 DGM_HD A lerp_(A self, A end, A weight) {
-  return (weight < A(0.5) && weight > A(-0.5)) ? self + weight * (end - self)
-                                               : end - (end - self) * (A(1) - weight);
+  const bool small = weight < A(0.5) && weight > A(-0.5);
+  return fma_(small ? weight : weight - A(1), end - self, small ? self : end);
 }
 
 // The bias corrections of step `step` (the step count after this step's increment), in double as
-// torch.optim.Adam computes them on the host: -lr / (1 - beta1^step) and sqrt(1 - beta2^step).
-// They are computed where the step count lives (device memory), so no step passes a new value
-// through the host.
+// torch.optim.Adam (foreach=False, not capturable) computes them on the host: step_size = lr /
+// (1 - beta1 ** step), negated when passed as addcdiv_'s value, and (1 - beta2 ** step) ** 0.5
+// (Python's ** is C's pow, which may round differently from sqrt). They are computed where the
+// step count lives (device memory), so no step passes a new value through the host.
 struct AdamCorrections {
   double neg_step_size, bias_correction2_sqrt;
 };
 
 DGM_HD AdamCorrections adam_corrections(double step, double lr, double beta1, double beta2) {
-  return {-lr / (1 - pow_(beta1, step)), sqrt_(1 - pow_(beta2, step))};
+  return {-(lr / (1 - pow_(beta1, step))), pow_(1 - pow_(beta2, step), 0.5)};
 }
 
-// One Adam step of one entry; torch.optim.Adam's single-tensor update in its order.
+// One Adam step of one entry, in two halves around the square root of exp_avg_sq (the CPU loop
+// takes it from ATen's sqrt, as torch.optim.Adam does: on x86 that is MKL's vectorised sqrt,
+// within 1 ulp of the correctly rounded one; the CUDA kernel from sqrt). torch.optim.Adam's
+// _single_tensor_adam, each tensor op as ATen's CPU kernel rounds it (a Python scalar rounded to
+// A first, as ATen passes it to a kernel):
+//   grad.add(param, alpha=wd)                    fma(p, wd, g)
+//   param.mul_(1 - lr * wd)                      p * decay
+//   exp_avg.lerp_(grad, 1 - beta1)               lerp_ above
+//   exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-b2)  fma((1 - b2) * g, g, v * b2)
+//   (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)     root / bc2_sqrt + eps
+//   param.addcdiv_(exp_avg, denom, -step_size)   p + (-step_size * m) / denom
 template <typename A>
-DGM_HD void adam_at(A& p, A g, A& m, A& v, const AdamScalars& h, A neg_step_size, A bias_correction2_sqrt) {
+DGM_HD void adam_moments_at(A& p, A g, A& m, A& v, const AdamScalars& h) {
   if (h.has_weight_decay) {
     if (h.decoupled) p = p * A(h.decay);
-    else g = g + A(h.weight_decay) * p;
+    else g = fma_(p, A(h.weight_decay), g);
   }
   m = lerp_(m, g, A(h.one_minus_beta1));
-  v = v * A(h.beta2);
-  v = v + A(h.one_minus_beta2) * g * g;
-  const A denom = sqrt_(v) / bias_correction2_sqrt + A(h.eps);
+  v = fma_(A(h.one_minus_beta2) * g, g, v * A(h.beta2));
+}
+
+template <typename A>
+DGM_HD void adam_update_at(A& p, A m, A root, const AdamScalars& h, A neg_step_size, A bias_correction2_sqrt) {
+  const A denom = root / bias_correction2_sqrt + A(h.eps);
   p = p + neg_step_size * m / denom;
 }
 

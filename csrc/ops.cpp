@@ -98,14 +98,26 @@ void frozen_adam(at::TensorList params, at::TensorList grads, at::TensorList exp
       scalar_t* v = a.exp_avg_sq.data_ptr<scalar_t>();
       const A neg_step_size = A(c.neg_step_size), bc2_sqrt = A(c.bias_correction2_sqrt);
       const int64_t nbytes = packed_cols(cols);
+      auto free = [&](int64_t i) { return !res || !bit_at(res + (i / cols) * nbytes, i % cols); };
       at::parallel_for(0, numel, 32768, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
-          if (res && bit_at(res + (i / cols) * nbytes, i % cols)) continue;
+          if (!free(i)) continue;
           A pi = A(p[i]), mi = A(m[i]), vi = A(v[i]);
-          adam_at<A>(pi, A(g[i]), mi, vi, a.h, neg_step_size, bc2_sqrt);
+          adam_moments_at<A>(pi, A(g[i]), mi, vi, a.h);
           p[i] = scalar_t(pi);
           m[i] = scalar_t(mi);
           v[i] = scalar_t(vi);
+        }
+      });
+      // ATen's square root, rounded as torch.optim.Adam's exp_avg_sq.sqrt() (see adam_update_at).
+      const at::Tensor root_t = a.exp_avg_sq.sqrt();
+      const scalar_t* root = root_t.data_ptr<scalar_t>();
+      at::parallel_for(0, numel, 32768, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          if (!free(i)) continue;
+          A pi = A(p[i]);
+          adam_update_at<A>(pi, A(m[i]), A(root[i]), a.h, neg_step_size, bc2_sqrt);
+          p[i] = scalar_t(pi);
         }
       });
     });

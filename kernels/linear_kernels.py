@@ -1,5 +1,8 @@
-"""The two Triton GEMMs of the masked linear, with the DGM mask formed in registers.
+"""The Triton kernels of the masked linear: the masked weight, and two GEMMs with the DGM mask
+formed in registers where it is not formed beforehand.
 
+* :func:`masked_weight` -- ``W_eff = W * m`` in one pass (``m`` the soft mask or one task's bits),
+  which the forward and the input gradient then read unmasked (:mod:`.linear_op`).
 * :func:`masked_mm` -- ``C = A @ op(W_eff)``: the forward (``op = transpose``) and the input
   gradient (``op = identity``). The k-loop loads a weight tile and its mask tile (logits ->
   ``sigmoid(s * logits)``, or packed bits -> one bit) and multiplies them before the dot; the
@@ -109,6 +112,26 @@ def _masked_mm_kernel(
                   HAS_BIAS, BIAS_MASK, HAS_SCALE, WRITE_PRE)
 
 
+# fp32 without TF32 ("ieee") dots run on the FMA units with both operands in registers, where the
+# shipped GEMM tiles spill (static compile, Triton 3.8: the forward with bias on the masked weight
+# 52-6448 B per thread in every tile on sm_80, 12-76 B in two on sm_90; the weight gradient with the
+# soft-mask epilogue 80-268 B on sm_90). With K-steps of 16 (32 on the smallest tile) the forward and
+# input gradient spill 0 B in these five tiles on both targets, the weight gradient in the two smallest.
+# Not yet replay: the forward with per-row bits in the k-loop still spills 496-8068 B in fp32 ieee.
+_IEEE_SHAPES = [(128, 128, 16, 3, 8), (128, 64, 16, 3, 4), (64, 128, 16, 3, 4), (64, 64, 16, 3, 4), (32, 64, 32, 3, 4)]
+
+
+def _ieee_variant(kernel, names: tuple[str, str, str, str], shapes: list[tuple[int, ...]]):
+    """The autotuned ``kernel``'s JIT function, same keys, over the ieee ``shapes`` (its own config
+    under the interpreter); ``names`` are its tile parameters."""
+    configs = kernel.configs if launch.interpreting() else [
+        triton.Config(dict(zip(names, (a, b, k, 8))), num_stages=st, num_warps=w) for a, b, k, st, w in shapes]
+    return triton.autotune(configs=configs, key=kernel.keys)(kernel.fn)
+
+
+_masked_mm_ieee = _ieee_variant(_masked_mm_kernel, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), _IEEE_SHAPES)
+
+
 @triton.jit
 def _b_loop(acc, start, end, p_ptr, sp_b, sp_r, q_ptr, sq_b, sq_c, perm_ptr, offs_r, r_ok, offs_c, c_ok,
             PER_ROW: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr):
@@ -170,6 +193,38 @@ def _masked_wgrad_kernel(
                      wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, 1, FROZEN, True, HAS_IN_RES)
 
 
+# Its epilogue (mask, logit gradient, freeze) holds more live values: only the smaller tiles fit.
+_masked_wgrad_ieee = _ieee_variant(_masked_wgrad_kernel, ("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
+                                   [shape for shape in _IEEE_SHAPES if shape[0] * shape[1] <= 64 * 64])
+
+
+@triton.jit
+def _masked_weight_kernel(w_ptr, l_ptr, bits_ptr, out_ptr, R, C, s_ptr, sw_0, sw_1, sl_0, sl_1, sb_0, sb_1,
+                          MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    s = load_sharpness(s_ptr, MASK, MASK_NONE)
+    wr = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None]
+    wc = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C))[None, :]
+    ok = (wr < R) & (wc < C)
+    w = load_masked_weight(w_ptr, wr * sw_0 + wc * sw_1, ok, wc, l_ptr, wr * sl_0 + wc * sl_1, bits_ptr,
+                           wr * sb_0 + (wc >> 3) * sb_1, s, MASK)
+    tl.store(out_ptr + wr * C + wc, w, mask=ok)
+
+
+def masked_weight(w: torch.Tensor, *, logits=None, s=None, bits=None) -> torch.Tensor:
+    """``W * m`` for one task's mask (logits with ``s``, or packed bits), contiguous, in ``w``'s
+    dtype: the same product and rounding as the GEMMs' in-register mask."""
+    out = torch.empty(w.shape, device=w.device, dtype=w.dtype)
+    R, C = w.shape
+    if out.numel() == 0:
+        return out
+    block_r, block_c = (64, 64) if launch.interpreting() else (32, 128)
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    _masked_weight_kernel[grid](w, logits, bits, out, R, C, s, *w.stride(), *launch.strides(logits, 2),
+                                *launch.strides(bits, 2), MASK=launch.mask_kind(logits, bits), BLOCK_R=block_r,
+                                BLOCK_C=block_c, num_warps=4)
+    return out
+
+
 def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=None, s=None, bits=None,
               perm=None, sorted_task=None, bias=None, bias_logits=None, bias_bits=None, scale=None,
               write_pre: bool = False):
@@ -186,7 +241,9 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
     if M == 0 or N == 0:
         return c, pre
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _masked_mm_kernel[grid](
+    prec = launch.input_precision(a.dtype)
+    kernel = _masked_mm_ieee if a.dtype == torch.float32 and prec == "ieee" else _masked_mm_kernel
+    kernel[grid](
         a, w, c,
         logits, bits,
         perm, sorted_task,
@@ -196,7 +253,7 @@ def masked_mm(a: torch.Tensor, w: torch.Tensor, *, w_rows_are_n: bool, logits=No
         *launch.task_strides(bias_bits)[:2], *launch.scale_strides(scale), *c.stride(),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None, W_ROWS_ARE_N=w_rows_are_n,
         HAS_BIAS=bias is not None, BIAS_MASK=launch.mask_kind(bias_logits, bias_bits),
-        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=launch.input_precision(a.dtype),
+        HAS_SCALE=scale is not None, WRITE_PRE=write_pre, PREC=prec,
     )
     return c, pre
 
@@ -217,7 +274,9 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         return gw, gl
     T = bits.shape[0] if perm is not None else 1
     grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(C, meta["BLOCK_C"]),)  # noqa: E731
-    _masked_wgrad_kernel[grid](
+    prec = launch.input_precision(p.dtype)
+    kernel = _masked_wgrad_ieee if p.dtype == torch.float32 and prec == "ieee" else _masked_wgrad_kernel
+    kernel[grid](
         p, q, w,
         logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),
         gw, gl,
@@ -226,6 +285,6 @@ def masked_wgrad(p: torch.Tensor, q: torch.Tensor, w: torch.Tensor, *, logits=No
         *launch.strides(frozen_bits, 2), *launch.strides(gw, 2), *launch.strides(gl, 2),
         MASK=launch.mask_kind(logits, bits), PER_ROW=perm is not None,
         FROZEN=launch.frozen_kind(frozen_bits, frozen_out), HAS_IN_RES=frozen_in is not None, WRITE_W=write_w,
-        WRITE_L=write_logits, PREC=launch.input_precision(p.dtype),
+        WRITE_L=write_logits, PREC=prec,
     )
     return gw, gl

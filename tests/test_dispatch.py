@@ -18,7 +18,7 @@ from dgm.cli.train import build_parser
 from dgm.config import TrainConfig
 from dgm.frozen_adam import BACKENDS as ADAM_BACKENDS
 from dgm.frozen_adam import FrozenAdam
-from dgm.ops import backends, reference
+from dgm.ops import backends, cost, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,3 +130,22 @@ def test_kernels_never_import_the_dispatcher():
                 assert not (node.module or "").startswith("dgm"), f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("dgm") for a in node.names), f"{path.name} imports dgm"
+
+
+def test_linear_cost_model_orders_the_fused_backends_per_size():
+    """The model of dgm.ops.cost: at the paper's sizes the launches decide (Triton's fused epilogues
+    take fewer), at 4096^3 the GEMM rate (cuBLAS's assumed higher efficiency), and a replay over
+    10 tasks the extension's 10 products; ``auto``'s order follows it, the reference staying last."""
+    order = ("triton", "extension", "reference")
+    cost_of = lambda b, *shape, **kw: cost.linear_step_cost(b, *shape, torch.float32, **kw)  # noqa: E731
+    assert cost_of("triton", 64, 100, 100, soft=True) < cost_of("extension", 64, 100, 100, soft=True)
+    assert cost_of("extension", 4096, 4096, 4096, soft=True) < cost_of("triton", 4096, 4096, 4096, soft=True)
+    assert cost_of("triton", 256, 512, 512, soft=False, tasks=10) < cost_of("extension", 256, 512, 512, soft=False,
+                                                                             tasks=10)
+    small, large = torch.empty(64, 100), torch.empty(4096, 4096)
+    assert cost.linear_order(order, small, torch.empty(100, 100), {"logits": small}) == order
+    assert cost.linear_order(order, large, torch.empty(4096, 4096), {"logits": large}) == ("extension", "triton",
+                                                                                           "reference")
+    assert cost.linear_order(("triton", "reference"), large, torch.empty(4096, 4096), {}) == ("triton", "reference")
+    with pytest.raises(ValueError, match="backend must be 'triton' or 'extension'"):
+        cost.linear_step_cost("reference", 1, 1, 1, torch.float32, soft=False)

@@ -3,7 +3,8 @@
 A backend is a module exposing some of the op functions of :mod:`dgm.ops.reference` with the same
 signatures and meaning: ``reference`` (pure PyTorch), ``triton`` (``dgm.kernels``) and
 ``extension`` (``dgm._C``, CUDA or CPU build). Each declares what it serves; per call,
-``backend="auto"`` takes the first backend of :func:`dgm.ops.backends.preference` that serves the
+``backend="auto"`` takes the first backend of :func:`dgm.ops.backends.preference` (for a linear on
+a GPU, the fused backends ordered per call by the cost model of :mod:`dgm.ops.cost`) that serves the
 input (logging at debug level why it passed over the others; :func:`reasons` says the same), and
 an explicitly named backend that cannot serve the input raises :class:`UnsupportedInput` naming
 the input and the reason -- never a silent fallback.
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from .. import bits as _bits
-from . import reference
+from . import cost, reference
 from .backends import BACKENDS, BY_NAME, CHOICES, MASKED_OPS, call_features, preference, validate
 
 logger = logging.getLogger(__name__)
@@ -126,10 +127,19 @@ def _refusal(backend: str, op: str, x, args: tuple, kwargs: dict) -> BackendUnav
     return None
 
 
+def _candidates(op: str, x, args: tuple, kwargs: dict) -> tuple[str, ...]:
+    """``auto``'s order for this call: :func:`~dgm.ops.backends.preference`, a linear on a GPU
+    reordered by :func:`dgm.ops.cost.linear_order` (from the shapes alone)."""
+    order = preference(op, x.device.type)
+    if op == "linear" and x.device.type == "cuda":
+        order = cost.linear_order(order, x, args[0] if args else kwargs.get("weight"), kwargs)
+    return order
+
+
 def reasons(op: str, x, *args, backend: str = "auto", **kwargs) -> dict[str, str | None]:
     """For the call ``op(x, *args, **kwargs)``: each backend ``backend`` would consider, in order,
     with why it would not run it (``None`` for the one that would, the last entry)."""
-    candidates = preference(op, x.device.type) if validate(backend) == "auto" else (backend,)
+    candidates = _candidates(op, x, args, kwargs) if validate(backend) == "auto" else (backend,)
     out = {}
     for b in candidates:
         refusal = _refusal(b, op, x, args, kwargs)
@@ -145,7 +155,7 @@ def _choose(backend: str, op: str, x, args: tuple, kwargs: dict) -> str:
         if refusal is not None:
             raise refusal
         return backend
-    for b in preference(op, x.device.type):
+    for b in _candidates(op, x, args, kwargs):
         refusal = _refusal(b, op, x, args, kwargs)
         if refusal is None:
             return b

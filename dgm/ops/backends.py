@@ -99,7 +99,8 @@ def validate(backend: str) -> str:
     return backend
 
 # The backend ``auto`` tries first, per op and device type; the first one that serves the call runs
-# it, and the reference always can. On a GPU, linear goes to Triton's fused GEMMs; the convs go to
+# it, and the reference always can. On a GPU, linear goes to Triton's fused GEMMs or the extension's
+# cuBLAS path, whichever the cost model of dgm.ops.cost puts first for the call's sizes; the convs go to
 # the extension (cuDNN with fused mask passes) before the implicit-GEMM Triton convs -- an order not
 # measured yet (no GPU benchmark exists, see docs/benchmarks.md). On the CPU the masked ops run on
 # the reference: the interpreter and the extension's CPU build are there for tests, not speed.
