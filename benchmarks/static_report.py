@@ -285,7 +285,8 @@ def _compile(job: tuple[int, int, int]) -> dict:
     config_name = ", ".join(f"{k}={v}" for k, v in config.kwargs.items()) + \
         f", warps={config.num_warps}, stages={config.num_stages}"
     return dict(kernel=launch.kernel, source="triton", variant=launch.variant, dtype=launch.dtype, shape=launch.shape,
-                config=config_name, arch=f"sm_{arch}", registers=stats[0]["registers"],
+                config=config_name, shipped_configs=len(launch.tuner.configs), arch=f"sm_{arch}",
+                registers=stats[0]["registers"],
                 spill_bytes=stats[0]["spill_stores"] + stats[0]["spill_loads"],
                 shared_bytes=int(compiled.metadata.shared), mma=_mma(compiled.asm["ptx"]))
 

@@ -33,12 +33,13 @@ def rows(tmp_path_factory):
 
 
 def test_every_kernel_and_config_compiles_for_both_targets(rows):
-    kernels = static_report.autotuned_kernels()
-    for name, (mod, attr) in kernels.items():
-        configs = len(getattr(mod, attr).configs)
+    """Every autotuned kernel, each with all the configs it ships on a GPU (the report counts them:
+    this process runs under the interpreter, which ships one)."""
+    for name in static_report.autotuned_kernels():
         for arch in ("sm_80", "sm_90"):
-            got = {r["config"] for r in rows if r["kernel"] == name and r["arch"] == arch}
-            assert len(got) == configs, (name, arch, len(got), configs)
+            mine = [r for r in rows if r["kernel"] == name and r["arch"] == arch]
+            assert mine, (name, arch)
+            assert len({r["config"] for r in mine}) == mine[0]["shipped_configs"] > 1, (name, arch)
 
 
 # The masked linear's kernels spill in these configs (measured 2026-12-02, Triton 3.8, the quick
