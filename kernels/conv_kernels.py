@@ -5,13 +5,15 @@ Two kernels, sharing the mask and epilogue helpers of :mod:`.jit_helpers` with t
 * :func:`conv_mm` -- a *direct* conv (``y = conv2d(x, W_eff)``; the forward of a conv and the
   input gradient of a conv-transpose) or a *transposed* conv (``conv_transpose2d``; the forward
   of a conv-transpose and the input gradient of a conv). ``M`` runs over output pixels
-  ``(batch, oh, ow)``, ``N`` over output channels, ``K`` over ``(channel, kh, kw)``; the A tile is
-  gathered from the input through its strides (no im2col buffer), the weight tile is read and
+  ``(batch, oh, ow)``, ``N`` over output channels, ``K`` over ``(kh, kw, channel)``, taps outer;
+  the A tile is gathered from the input through its strides (no im2col buffer), with the input
+  rows and their bounds computed per step for the tile's rows, and the weight tile is read and
   masked like the linear's. The epilogue adds the masked bias and scales each unit (DGMa).
 * :func:`conv_wgrad` -- the weight gradient ``G[r, (a, kh, kw)] = sum P[b, r, h, w] *
   Q[b, a, h * stride - pad + kh * dil, ...]`` (``P, Q = dY, X`` for a conv, ``X, dY`` for a
   conv-transpose) with the epilogue of the linear weight gradient (``grad_W`` masked and frozen,
-  ``grad_logits``).
+  ``grad_logits``). One program per tap (grid axis 2) and ``[R, A]`` tile, so Q's rows and bounds
+  are per position, not per tile entry.
 
 A transposed conv is computed by sub-pixel phases, not by gathering every tap: output pixels
 ``oh = r + stride * i`` of one phase ``r`` only meet the taps ``kh = kh0 + j * step`` for which
@@ -46,18 +48,20 @@ from .jit_helpers import (
     replay_tasks,
     tile_offsets,
     unit_epilogue,
-    weight_tile,
 )
 
 
-def _conv_configs(m: str, n: str, k: str, group: str):
-    """The GEMM tiles plus narrow ones for the generator's few channels (an N or R of 6 to 48)."""
-    configs = launch.gemm_configs(m, n, k, group)
+def _conv_configs(m: str, n: str, k: str, group: str, interpreted_k: int = 64):
+    """Tiles of at most 32 accumulator entries per thread (wide ones on 8 warps) plus narrow ones
+    for the generator's few channels (an N or R of 6 to 48): the implicit GEMM's gathered rows
+    cannot be stored as vectors, so a larger share per thread spills (``benchmarks/static_report.py``,
+    sm_80 and sm_90). One config under the interpreter, its K step ``interpreted_k`` (the forward's
+    channel step: the tests' few channels would fill a fraction of 64 at every tap)."""
     if launch.interpreting():
-        return configs
-    narrow = [(128, 16, 32, 4, 4), (64, 16, 64, 3, 2), (16, 128, 64, 3, 4), (32, 32, 64, 3, 2)]
-    return configs + [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
-                      for bm, bn, bk, st, w in narrow]
+        return [triton.Config({m: 64, n: 64, k: interpreted_k, group: 8}, num_warps=4, num_stages=1)]
+    shapes = [(128, 64, 32, 3, 8), (64, 128, 32, 3, 8), (64, 64, 32, 3, 4), (32, 64, 32, 3, 4), (32, 32, 32, 3, 4),
+              (64, 16, 32, 3, 4)]
+    return [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w) for bm, bn, bk, st, w in shapes]
 
 
 @triton.jit
@@ -76,44 +80,51 @@ def _taps(r, stride, pad, dil, step, dstep, KS, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
-def _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
-                 kh0, step_h, nh, d_h, kw0, step_w, nw, d_w, ih0, iw0, KH, KW,
+def _conv_k_loop(acc, x_ptr, x_row, ih0, iw0, sel, sx_c, sx_h, sx_w, IH, IW, C,
+                 kh0, step_h, nh, d_h, kw0, step_w, nw, d_w, KH, KW,
                  w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3, bits_ptr, sb_0, sb_1, s,
                  offs_n, n_ok, MASK: tl.constexpr, TRANSPOSED: tl.constexpr, PREC: tl.constexpr,
                  BLOCK_K: tl.constexpr):
-    taps = nh * nw
-    K = C * taps
-    x_row = b * sx_b
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < K
-        c = offs_k // taps
-        t = offs_k % taps
+    """``acc +=`` the phase's implicit GEMM, its K ordered (tap, channel): each step is one tap's
+    chunk of channels, so the input rows and their bounds are vectors over the tile's rows and
+    the tile adds a channel offset to them (no index arithmetic per tile entry)."""
+    offs_c = tl.arange(0, BLOCK_K)
+    chunks = tl.cdiv(C, BLOCK_K)
+    for step in range(0, nh * nw * chunks):
+        # Scalar index arithmetic only: the tap and the channel chunk of this step.
+        t = step // chunks
+        c = (step % chunks) * BLOCK_K + offs_c
         th = t // nw
         tw = t % nw
-        ih = ih0[:, None] + th[None, :] * d_h
-        iw = iw0[:, None] + tw[None, :] * d_w
-        a_ok = sel[:, None] & k_ok[None, :] & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-        a = tl.load(x_ptr + x_row[:, None] + c[None, :] * sx_c + ih * sx_h + iw * sx_w, mask=a_ok, other=0.0)
-        kh = (kh0 + th * step_h)[:, None]
-        kw = (kw0 + tw * step_w)[:, None]
+        ih = ih0 + th * d_h
+        iw = iw0 + tw * d_w
+        row_ok = sel & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        kh = kh0 + th * step_h
+        kw = kw0 + tw * step_w
+        c_ok = c < C
+        a = tl.load(x_ptr + (x_row + ih * sx_h + iw * sx_w)[:, None] + c[None, :] * sx_c,
+                    mask=row_ok[:, None] & c_ok[None, :], other=0.0)
         if TRANSPOSED:
             wr = c[:, None]
             ch = offs_n[None, :]
         else:
             wr = offs_n[None, :]
             ch = c[:, None]
-        wc = (ch * KH + kh) * KW + kw
-        ok = k_ok[:, None] & n_ok[None, :]
-        w = load_masked_weight(w_ptr, wr * sw_0 + ch * sw_1 + kh * sw_2 + kw * sw_3, ok, wc,
-                               l_ptr, wr * sl_0 + ch * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr,
-                               wr * sb_0 + (wc >> 3) * sb_1, s, MASK)
+        # The column of the 2-D weight matrix (only packed bits use it).
+        wc = ch * (KH * KW) + (kh * KW + kw)
+        ok = c_ok[:, None] & n_ok[None, :]
+        w = load_masked_weight(w_ptr, wr * sw_0 + ch * sw_1 + (kh * sw_2 + kw * sw_3), ok, wc, l_ptr,
+                               wr * sl_0 + ch * sl_1 + (kh * sl_2 + kw * sl_3), bits_ptr, wr * sb_0 + (wc >> 3) * sb_1,
+                               s, MASK)
         acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PREC)
     return acc
 
 
-@triton.autotune(configs=_conv_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
-                 key=["C", "N", "IH", "IW", "OH", "OW", "KH", "KW", "MASK", "PER_ROW", "TRANSPOSED"])
+@triton.autotune(configs=_conv_configs("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", interpreted_k=16),
+                 key=["BATCH", "C", "N", "IH", "IW", "OH", "OW", "KH", "KW", "stride_h", "stride_w", "pad_h", "pad_w",
+                      "dil_h", "dil_w", "MASK", "PER_ROW", "TRANSPOSED", "HAS_BIAS", "BIAS_MASK", "HAS_SCALE",
+                      "WRITE_PRE", "PREC"],
+                 **launch.autotune_options("BLOCK_M", "BLOCK_N", "BLOCK_K", ("x_ptr", "w_ptr"), "l_ptr"))
 @triton.jit
 def _conv_kernel(
         # Input [B, C, IH, IW], weight ([N, C, KH, KW], or [C, N, KH, KW] when TRANSPOSED), output.
@@ -168,15 +179,15 @@ def _conv_kernel(
         for t in range(t_lo, t_hi):
             sel = m_ok & (tasks == t)
             if tl.sum(sel.to(tl.int32), axis=0) > 0:
-                acc = _conv_k_loop(acc, x_ptr, b, i, j, sel, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
-                                   kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, ih0, iw0, KH, KW,
+                acc = _conv_k_loop(acc, x_ptr, b * sx_b, ih0, iw0, sel, sx_c, sx_h, sx_w, IH, IW, C,
+                                   kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, KH, KW,
                                    w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3,
                                    bits_ptr + t * sb_t, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
     else:
         b = bi.to(tl.int64)
         tasks = tl.zeros((BLOCK_M,), dtype=tl.int32)
-        acc = _conv_k_loop(acc, x_ptr, b, i, j, m_ok, sx_b, sx_c, sx_h, sx_w, IH, IW, C,
-                           kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, ih0, iw0, KH, KW,
+        acc = _conv_k_loop(acc, x_ptr, b * sx_b, ih0, iw0, m_ok, sx_c, sx_h, sx_w, IH, IW, C,
+                           kh0, tap_h, nh, d_h, kw0, tap_w, nw, d_w, KH, KW,
                            w_ptr, sw_0, sw_1, sw_2, sw_3, l_ptr, sl_0, sl_1, sl_2, sl_3,
                            bits_ptr, sb_0, sb_1, s, offs_n, n_ok, MASK, TRANSPOSED, PREC, BLOCK_K)
     oh = rh + i * pix_h
@@ -189,9 +200,11 @@ def _conv_kernel(
 
 @triton.jit
 def _wgrad_loop(acc, start, end, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w, perm_ptr,
-                PH, PW, QH, QW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
+                PH, PW, QH, QW, qh_0, qw_0, stride_h, stride_w, offs_r, r_ok, offs_a, a_ok,
                 PER_ROW: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr):
-    """``acc += P^T Q`` over the flattened ``(batch, h, w)`` positions ``[start, end)`` of P."""
+    """``acc += P^T Q`` over the flattened ``(batch, h, w)`` positions ``[start, end)`` of P, for
+    one tap: Q's row of position ``(h, w)`` is ``(h * stride + qh_0, w * stride + qw_0)``, so
+    positions, addresses and bounds are vectors over the positions of a step."""
     for l0 in range(start, end, BLOCK_B):
         offs_l = l0 + tl.arange(0, BLOCK_B)
         l_ok = offs_l < end
@@ -202,19 +215,23 @@ def _wgrad_loop(acc, start, end, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_
             b = tl.load(perm_ptr + bi, mask=l_ok, other=0).to(tl.int64)
         else:
             b = bi.to(tl.int64)
-        pos = b * sp_b + h * sp_h + w * sp_w
-        p = tl.load(p_ptr + pos[None, :] + offs_r[:, None] * sp_c, mask=r_ok[:, None] & l_ok[None, :], other=0.0)
-        qh = (h * stride_h - pad_h)[:, None] + kh * dil_h
-        qw = (w * stride_w - pad_w)[:, None] + kw * dil_w
-        q_ok = l_ok[:, None] & c_ok[None, :] & (qh >= 0) & (qh < QH) & (qw >= 0) & (qw < QW)
-        q = tl.load(q_ptr + (b * sq_b)[:, None] + a * sq_c + qh * sq_h + qw * sq_w, mask=q_ok, other=0.0)
+        p = tl.load(p_ptr + (b * sp_b + h * sp_h + w * sp_w)[None, :] + offs_r[:, None] * sp_c,
+                    mask=r_ok[:, None] & l_ok[None, :], other=0.0)
+        qh = h * stride_h + qh_0
+        qw = w * stride_w + qw_0
+        q_ok = l_ok & (qh >= 0) & (qh < QH) & (qw >= 0) & (qw < QW)
+        q = tl.load(q_ptr + (b * sq_b + qh * sq_h + qw * sq_w)[:, None] + offs_a[None, :] * sq_c,
+                    mask=q_ok[:, None] & a_ok[None, :], other=0.0)
         acc = tl.dot(p, q, acc, input_precision=PREC)
     return acc
 
 
 @triton.autotune(configs=_conv_configs("BLOCK_R", "BLOCK_C", "BLOCK_B", "GROUP_R"),
-                 key=["R", "A", "PH", "PW", "QH", "QW", "KH", "KW", "MASK", "PER_ROW", "FROZEN"],
-                 reset_to_zero=["gw_ptr", "gl_ptr"])
+                 key=["R", "A", "KH", "KW", "BATCH", "PH", "PW", "QH", "QW", "T", "CHUNK", "stride_h", "stride_w",
+                      "pad_h", "pad_w", "dil_h", "dil_w", "MASK", "PER_ROW", "FROZEN", "OUT_ON_ROWS", "HAS_IN_RES",
+                      "WRITE_W", "WRITE_L", "ATOMIC", "PREC"],
+                 reset_to_zero=["gw_ptr", "gl_ptr"],
+                 **launch.autotune_options("BLOCK_R", "BLOCK_C", "BLOCK_B", ("p_ptr", "q_ptr")))
 @triton.jit
 def _conv_wgrad_kernel(
         # Operands: P [B, R, PH, PW] and Q [B, A, QH, QW] (dY and X for a conv, X and dY for a
@@ -238,14 +255,22 @@ def _conv_wgrad_kernel(
         # Tile shape (autotuned).
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_R: tl.constexpr):
     s = load_sharpness(s_ptr, MASK, MASK_NONE)
-    C = A * KH * KW
+    # Each program computes one tap (grid axis 2) of an [R, A] tile: ``G[r, a, kh, kw]``.
+    kh = tl.program_id(2) // KW
+    kw = tl.program_id(2) % KW
     # Split-K: program_id(1) reduces positions [lo, hi) and adds its share of every output.
     lo = tl.program_id(1) * CHUNK
     hi = tl.minimum(lo + CHUNK, BATCH * PH * PW)
-    offs_r, offs_c, r_ok, c_ok, ok, wr, wc, b_off = weight_tile(R, C, sb_0, sb_1, BLOCK_R, BLOCK_C, GROUP_R)
-    a = (offs_c // (KH * KW))[None, :]
-    kh = ((offs_c // KW) % KH)[None, :]
-    kw = (offs_c % KW)[None, :]
+    offs_r, offs_a, r_ok, a_ok = tile_offsets(R, R, A, BLOCK_R, BLOCK_C, GROUP_R)
+    # Columns of the 2-D weight matrix (a, kh, kw), and the tile's offsets in each 4-D tensor.
+    offs_c = offs_a * (KH * KW) + (kh * KW + kw)
+    ok = r_ok[:, None] & a_ok[None, :]
+    wr = offs_r[:, None]
+    wa = offs_a[None, :]
+    wc = offs_c[None, :]
+    b_off = wr * sb_0 + (wc >> 3) * sb_1
+    qh_0 = kh * dil_h - pad_h
+    qw_0 = kw * dil_w - pad_w
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     if PER_ROW:
         # One reduction per task segment of the sorted batch, each added under its own bits.
@@ -255,20 +280,19 @@ def _conv_wgrad_kernel(
             if end > start:
                 g = _wgrad_loop(tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32), start, end, p_ptr,
                                 sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w, perm_ptr, PH, PW, QH, QW,
-                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok, a, kh, kw, c_ok,
-                                PER_ROW, PREC, BLOCK_B)
+                                qh_0, qw_0, stride_h, stride_w, offs_r, r_ok, offs_a, a_ok, PER_ROW, PREC, BLOCK_B)
                 acc += grad_mask_epilogue(g, ok, wc, w_ptr, 0, l_ptr, 0, bits_ptr + t * sb_t, b_off, gl_ptr, 0, s,
                                           MASK_BITS, False, ATOMIC)
         gw = acc
     else:
         acc = _wgrad_loop(acc, lo, hi, p_ptr, sp_b, sp_c, sp_h, sp_w, q_ptr, sq_b, sq_c, sq_h, sq_w,
-                          perm_ptr, PH, PW, QH, QW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, offs_r, r_ok,
-                          a, kh, kw, c_ok, PER_ROW, PREC, BLOCK_B)
-        gw = grad_mask_epilogue(acc, ok, wc, w_ptr, wr * sw_0 + a * sw_1 + kh * sw_2 + kw * sw_3,
-                                l_ptr, wr * sl_0 + a * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr, b_off,
-                                gl_ptr, wr * sgl_0 + a * sgl_1 + kh * sgl_2 + kw * sgl_3, s, MASK, WRITE_L, ATOMIC)
+                          perm_ptr, PH, PW, QH, QW, qh_0, qw_0, stride_h, stride_w, offs_r, r_ok, offs_a, a_ok,
+                          PER_ROW, PREC, BLOCK_B)
+        gw = grad_mask_epilogue(acc, ok, wc, w_ptr, wr * sw_0 + wa * sw_1 + kh * sw_2 + kw * sw_3,
+                                l_ptr, wr * sl_0 + wa * sl_1 + kh * sl_2 + kw * sl_3, bits_ptr, b_off,
+                                gl_ptr, wr * sgl_0 + wa * sgl_1 + kh * sgl_2 + kw * sgl_3, s, MASK, WRITE_L, ATOMIC)
     if WRITE_W:
-        freeze_store(gw, offs_r, r_ok, offs_c, c_ok, gw_ptr, wr * sgw_0 + a * sgw_1 + kh * sgw_2 + kw * sgw_3,
+        freeze_store(gw, offs_r, r_ok, offs_c, a_ok, gw_ptr, wr * sgw_0 + wa * sgw_1 + kh * sgw_2 + kw * sgw_3,
                      fbits_ptr, wr * sf_0 + (wc >> 3) * sf_1, fout_ptr, fin_ptr, KH * KW, FROZEN, OUT_ON_ROWS,
                      HAS_IN_RES, ATOMIC)
 
@@ -363,7 +387,8 @@ def conv_wgrad(p: torch.Tensor, q: torch.Tensor, weight: torch.Tensor, *, stride
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     # The autotuner zeroes both outputs between its trial runs (some Triton versions need tensors there).
     spare = weight.new_empty(1, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(cols, meta["BLOCK_C"]), splits)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]) * triton.cdiv(A, meta["BLOCK_C"]),  # noqa: E731
+                         splits, KH * KW)
     _conv_wgrad_kernel[grid](
         p, q, weight,
         logits, bits, perm, task_offsets, frozen_bits, launch.as_u8(frozen_out), launch.as_u8(frozen_in),

@@ -3,6 +3,8 @@ optional tensors, and the compile-time kinds of the mask and freeze arguments.""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 import torch
@@ -24,6 +26,48 @@ def gemm_configs(m: str, n: str, k: str, group: str) -> list[triton.Config]:
               (128, 128, 64, 3, 8), (32, 64, 64, 4, 4), (64, 32, 64, 4, 2)]
     return [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
             for bm, bn, bk, st, w in shapes]
+
+
+def autotune_options(m: str, n: str, k: str, operands: tuple[str, ...], k_loop_mask: str | None = None) -> dict:
+    """The ``@triton.autotune`` options every GEMM kernel shares: configs pruned to the device's
+    shared memory before any is benchmarked, and tuned configs cached on disk across runs where
+    the installed Triton can (``cache_results``, checked by feature). ``operands`` name the two
+    pointer arguments whose tiles the k-loop stages (``BLOCK_m x BLOCK_k`` and ``BLOCK_k x
+    BLOCK_n``), ``k_loop_mask`` the logits it stages with the second."""
+    prune = functools.partial(prune_to_shared_memory, tile=(m, n, k), operands=operands, mask=k_loop_mask)
+    options = {"prune_configs_by": {"early_config_prune": prune}}
+    if "cache_results" in inspect.signature(triton.autotune).parameters:
+        options["cache_results"] = True
+    return options
+
+
+def shared_estimate(config: triton.Config, tile: tuple[str, str, str], sizes: tuple[int, int, int]) -> int:
+    """Bytes of shared memory the k-loop stages need, at most: ``num_stages`` buffers of the two
+    operand tiles (``sizes``: bytes per element of the first, the second and the mask staged with
+    it). An upper bound of what Triton allocates (it keeps ``num_stages - 1`` in flight)."""
+    bm, bn, bk = (config.kwargs[name] for name in tile)
+    a, b, mask = sizes
+    return config.num_stages * (bm * bk * a + bk * bn * (b + mask))
+
+
+@functools.lru_cache(maxsize=None)
+def shared_memory_limit(device: torch.device) -> int:
+    """Shared memory a block may opt into on ``device``."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def prune_to_shared_memory(configs, nargs, *, tile, operands, mask=None, limit=None, **_):
+    """``early_config_prune``: the configs whose staged tiles fit the device's shared memory (all
+    of them when the operands are not on a CUDA device); the smallest one if none fits."""
+    a, b = (nargs[name] for name in operands)
+    if limit is None:
+        if not isinstance(a, torch.Tensor) or a.device.type != "cuda":
+            return configs
+        limit = shared_memory_limit(a.device)
+    lg = nargs.get(mask) if mask else None
+    sizes = (a.element_size(), b.element_size(), lg.element_size() if isinstance(lg, torch.Tensor) else 0)
+    fit = [c for c in configs if shared_estimate(c, tile, sizes) <= limit]
+    return fit or [min(configs, key=lambda c: shared_estimate(c, tile, sizes))]
 
 
 def input_precision(dtype: torch.dtype) -> str:
