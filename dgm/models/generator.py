@@ -336,11 +336,42 @@ def _kernel_area(layer: MaskedLayer) -> int:
     return k[0] * k[1]
 
 
-class DCGANGenerator(MaskedGenerator):
+class _ConvGenerator(MaskedGenerator):
+    """The conv generators' common parts: ``z`` as a 1x1 image, DCGAN norms and initialisation, and
+    a conv head per class, ``_HEAD`` = (module, its functional op, (kernel, stride, padding))."""
+
+    _HEAD: tuple
+
+    def _to_body_input(self, z):
+        return z.view(z.shape[0], self.nz, 1, 1)
+
+    def _norm(self, units):
+        return dcgan_norm(units)
+
+    def _make_head(self, in_units):
+        module, _, geometry = self._HEAD
+        head = module(in_units, self.channels, *geometry, bias=False)
+        dcgan_init_(head.weight)
+        return head
+
+    def _head_in_units(self, head):
+        return head.in_channels
+
+    @classmethod
+    def _head_op(cls, x, weight, bias):
+        _, op, (_, stride, padding) = cls._HEAD
+        return op(x, weight, bias, stride, padding)
+
+    def _head_units_from(self, weight):
+        return weight.shape[self._HEAD_IN_DIM]
+
+
+class DCGANGenerator(_ConvGenerator):
     """The paper's generator for 32x32 images: masked conv-transpose 1x1 -> 4x4 -> 8x8 -> 16x16,
     then a per-class conv-transpose to 32x32. Widths ``4*ngf, 2*ngf, ngf`` at the start."""
 
     _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 0, 1, 1
+    _HEAD = (nn.ConvTranspose2d, F.conv_transpose2d, DCGAN_HEAD)
 
     def __init__(self, nz: int, num_classes: int, channels: int = 1, ngf: int = 6, mask: str = "weight",
                  s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
@@ -352,26 +383,6 @@ class DCGANGenerator(MaskedGenerator):
         self._defer_unit_masks()
         self.initial_units = self.units()
 
-    def _to_body_input(self, z):
-        return z.view(z.shape[0], self.nz, 1, 1)
-
-    def _norm(self, units):
-        return dcgan_norm(units)
-
-    def _make_head(self, in_units):
-        head = nn.ConvTranspose2d(in_units, self.channels, *DCGAN_HEAD, bias=False)
-        dcgan_init_(head.weight)
-        return head
-
-    def _head_in_units(self, head):
-        return head.in_channels
-
-    @staticmethod
-    def _head_op(x, weight, bias):
-        return F.conv_transpose2d(x, weight, bias, *DCGAN_HEAD[1:])
-
-    def _head_units_from(self, weight):
-        return weight.shape[0]
 
 
 class MLPGenerator(MaskedGenerator):
@@ -404,7 +415,7 @@ class MLPGenerator(MaskedGenerator):
         return weight.shape[1]
 
 
-class ResNetGenerator(MaskedGenerator):
+class ResNetGenerator(_ConvGenerator):
     """The official code's ImageNet generator (``netG`` of ``networks/net_DGMw_imnet.py``), 32x32:
     a masked map from ``z`` to ``ngf`` channels at 4x4, three pre-activation residual blocks that
     each double the side, an output norm and ReLU, then a per-class 3x3 conv head.
@@ -428,6 +439,7 @@ class ResNetGenerator(MaskedGenerator):
     """
 
     _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 1, 0, 1
+    _HEAD = (nn.Conv2d, F.conv2d, (3, 1, 1))
     BLOCKS = 3
 
     def __init__(self, nz: int, num_classes: int, channels: int = 3, ngf: int = 64, mask: str = "weight",
@@ -450,9 +462,6 @@ class ResNetGenerator(MaskedGenerator):
     def _blocks(self):
         """``(conv1s, shortcuts, conv2s)`` of the blocks, in order."""
         return self.body[1::3], self.body[2::3], self.body[3::3]
-
-    def _to_body_input(self, z):
-        return z.view(z.shape[0], self.nz, 1, 1)
 
     def _norm_widths(self):
         widths, feeding = [], self.body[0]
@@ -498,23 +507,6 @@ class ResNetGenerator(MaskedGenerator):
             d_in, feeding = d_out, conv2
         return growth
 
-    def _norm(self, units):
-        return dcgan_norm(units)
-
-    def _make_head(self, in_units):
-        head = nn.Conv2d(in_units, self.channels, 3, 1, 1, bias=False)
-        dcgan_init_(head.weight)
-        return head
-
-    def _head_in_units(self, head):
-        return head.in_channels
-
-    @staticmethod
-    def _head_op(x, weight, bias):
-        return F.conv2d(x, weight, bias, 1, 1)
-
-    def _head_units_from(self, weight):
-        return weight.shape[1]
 
 
 def _upsample(x: torch.Tensor) -> torch.Tensor:
