@@ -27,7 +27,7 @@ from .methods import METHODS, SELECTIONS  # the registry of methods (DGM, the ba
 from .ops.backends import CHOICES as BACKEND_CHOICES
 from .ops.backends import validate as validate_backend
 
-ARCHS = ("dcgan", "mlp")
+ARCHS = ("dcgan", "resnet", "mlp")
 SEED_MAX = 2**32 - 1
 # Settings a resumed run may raise although they change the results: more tasks extend a run.
 EXTENDABLE = ("tasks",)
@@ -95,12 +95,14 @@ class TrainConfig:
     resume: bool = setting(False, "continue from the latest checkpoint in --out", run_only=True)
     resume_from_valid: bool = setting(False, "continue from the newest checkpoint in --out that loads, when "
                                              "newer ones are damaged (implies --resume)", run_only=True)
-    arch: str = setting("dcgan", "generator/discriminator family", group="model", choices=ARCHS)
-    image_size: int = setting(32, "image side in pixels (32 for dcgan)", group="model", low=1, metavar="PX")
+    arch: str = setting("dcgan", "generator/discriminator family (resnet: the official ImageNet networks)",
+                        group="model", choices=ARCHS)
+    image_size: int = setting(32, "image side in pixels (32 for dcgan and resnet)", group="model", low=1, metavar="PX")
     nz: int = setting(64, "latent size; the first `classes` entries carry the one-hot label", group="model",
                       low=1)
-    ngf: int = setting(6, "generator width (dcgan: channels of the last hidden layer)", group="model", low=1)
-    ndf: int = setting(32, "discriminator width", group="model", low=1)
+    ngf: int = setting(6, "generator width (dcgan: channels of the last hidden layer; resnet: of every block)",
+                       group="model", low=1)
+    ndf: int = setting(32, "discriminator width (resnet: of its first stage, 64 is ResNet-18)", group="model", low=1)
     hidden: int = setting(256, "hidden units of the mlp generator and discriminator", group="model", low=1)
     s_max: float | None = setting(None, "mask annealing maximum (dgm methods only)", group="DGM", low=1,
                                   null="1e4 for dgmw, 1e5 for dgma (official configs)")
@@ -155,9 +157,12 @@ class TrainConfig:
         if self.nz < classes:
             raise ConfigError("nz", self.nz, f"an integer >= {classes}: the latent vector carries the one-hot "
                                              f"label of the {classes} classes of {self.dataset}")
-        if self.arch == "dcgan" and self.image_size != 32:
-            raise ConfigError("image_size", self.image_size, "32 with arch dcgan (its generator makes 32x32 "
+        if self.arch != "mlp" and self.image_size != 32:
+            raise ConfigError("image_size", self.image_size, f"32 with arch {self.arch} (its generator makes 32x32 "
                                                              "images); other sizes need arch mlp")
+        if self.arch == "resnet" and self.method == "replay":
+            raise ConfigError("arch", self.arch, "dcgan or mlp with method replay (its unmasked generator has "
+                                                 "no residual form)")
 
     def check_resumable(self, saved: dict, finished: int, where: str) -> None:
         """:class:`ConfigError` unless these settings may continue the run ``where`` saved with

@@ -32,12 +32,15 @@ def weight_growth(new_reserved: list[int], in_units: list[int], out_units: list[
         raise ValueError("weight_growth: all per-layer lists must have the same length")
     growth, prev = [], 0
     for n, fan_in, fan_out, k in zip(new_reserved, in_units, out_units, kernel_areas):
-        fan_in += prev
-        gained = prev * fan_out * k
-        d = max(0, math.ceil((n - gained) / (fan_in * k)))
-        growth.append(d)
-        prev = d
+        prev = layer_growth(n, fan_in, fan_out, k, prev)
+        growth.append(prev)
     return growth
+
+
+def layer_growth(new_reserved: int, in_units: int, out_units: int, kernel_area: int, in_growth: int) -> int:
+    """Output units one layer adds (DGMw rule above) once its input grew by ``in_growth`` units."""
+    gained = in_growth * out_units * kernel_area
+    return max(0, math.ceil((new_reserved - gained) / ((in_units + in_growth) * kernel_area)))
 
 
 def grown_capacity(capacity: tuple[int, ...], needed: tuple[int, ...]) -> tuple[int, ...]:

@@ -83,3 +83,19 @@ def finished_run(tmp_path_factory, dest):
         _FINISHED["run"] = folder
     shutil.copytree(_FINISHED["run"], dest)
     return dest
+
+
+def write_image_folders(root, classes, sizes=((40, 48), (33, 33))):
+    """PNG folders: per class one uniform RGB image per size in train and a grayscale one in val."""
+    from PIL import Image
+
+    colors = {}
+    for k, name in enumerate(classes):
+        color = (k * 5, 255 - k * 5, (k * 37) % 256)
+        colors[name] = color
+        for i, size in enumerate(sizes):
+            (root / "train" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", size, color).save(root / "train" / name / f"{i}.png")
+        (root / "val" / name).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (36, 30), k).save(root / "val" / name / "0.png")
+    return colors

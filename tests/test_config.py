@@ -69,6 +69,8 @@ def test_bad_command_line_words(name, text):
     ({"dataset": "imagenet50", "nz": 32}, "nz = 32: an integer >= 50"),
     ({"nz": 4}, "nz = 4: an integer >= 10"),
     ({"image_size": 28}, "image_size = 28: 32 with arch dcgan"),
+    ({"arch": "resnet", "image_size": 64}, "image_size = 64: 32 with arch resnet"),
+    ({"arch": "resnet", "method": "replay"}, "arch = \"resnet\": dcgan or mlp with method replay"),
 ])
 def test_inconsistent_combinations(values, message):
     with pytest.raises(ConfigError) as info:
@@ -95,4 +97,4 @@ def test_resume_checks_every_setting_that_changes_results():
 def test_allowed_words():
     assert allowed("val_fraction") == "a finite number in [0, 1)"
     assert allowed("fused") == "true or false"
-    assert allowed("arch") == "one of dcgan, mlp"
+    assert allowed("arch") == "one of dcgan, resnet, mlp"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import idx_arrays, write_idx_root
+from helpers import idx_arrays, write_idx_root, write_image_folders
 
 from dgm.cli.data import main as data_main
 from dgm.data import DATASETS, load_dataset
@@ -198,22 +198,6 @@ def test_idx_images_and_labels_must_agree(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     with pytest.raises(DataError, match=f"^{raw / IDX_FILES[2]} holds 20 images but {raw / IDX_FILES[3]} holds 19"):
         load_dataset("mnist", tmp_path)
-
-
-def write_image_folders(root, classes, sizes=((40, 48), (33, 33))):
-    """PNG folders: per class one uniform RGB image per size in train and a grayscale one in val."""
-    from PIL import Image
-
-    colors = {}
-    for k, name in enumerate(classes):
-        color = (k * 5, 255 - k * 5, (k * 37) % 256)
-        colors[name] = color
-        for i, size in enumerate(sizes):
-            (root / "train" / name).mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", size, color).save(root / "train" / name / f"{i}.png")
-        (root / "val" / name).mkdir(parents=True, exist_ok=True)
-        Image.new("L", (36, 30), k).save(root / "val" / name / "0.png")
-    return colors
 
 
 def test_imagenet50_image_folders(tmp_path):

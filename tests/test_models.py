@@ -4,14 +4,25 @@ generation, and state dicts of grown generators load into fresh ones."""
 import pytest
 import torch
 
-from dgm.models import DCGANGenerator, MLPGenerator, dcgan_discriminator, gradient_penalty, mlp_discriminator
+from dgm.models import (
+    DCGANGenerator,
+    MLPGenerator,
+    ResNetGenerator,
+    dcgan_discriminator,
+    gradient_penalty,
+    mlp_discriminator,
+    resnet_discriminator,
+)
 
 NUM_CLASSES = 6
+KINDS = ["dcgan", "resnet", "mlp"]
 
 
 def make(kind, mask):
     if kind == "dcgan":
         return DCGANGenerator(16, NUM_CLASSES, channels=1, ngf=4, mask=mask, s_max=400, backend="reference")
+    if kind == "resnet":
+        return ResNetGenerator(16, NUM_CLASSES, channels=3, ngf=3, mask=mask, s_max=400, backend="reference")
     return MLPGenerator(16, NUM_CLASSES, channels=1, hidden=12, mask=mask, s_max=400, backend="reference")
 
 
@@ -33,7 +44,7 @@ def learn(generator, classes, steps=3):
     return generator.consolidate_and_expand()
 
 
-@pytest.mark.parametrize("kind", ["dcgan", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_growth_keeps_earlier_tasks_bit_identical(kind, mask):
     torch.manual_seed(0)
@@ -54,7 +65,7 @@ def test_growth_keeps_earlier_tasks_bit_identical(kind, mask):
     assert g.units() > g.initial_units  # it grew
 
 
-@pytest.mark.parametrize("kind", ["dcgan", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_replay_rows_equal_per_task_generation(kind, mask):
     torch.manual_seed(1)
@@ -74,7 +85,7 @@ def test_replay_rows_equal_per_task_generation(kind, mask):
         torch.testing.assert_close(rows[sel], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["dcgan", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_state_dict_of_grown_generator_loads_into_fresh_one(kind, mask):
     torch.manual_seed(2)
@@ -128,7 +139,8 @@ def test_noise_carries_one_hot_label():
     assert torch.equal(z[:, :NUM_CLASSES], torch.nn.functional.one_hot(labels, NUM_CLASSES).float())
 
 
-@pytest.mark.parametrize("build", [lambda n: dcgan_discriminator(n, 3, 8), lambda n: mlp_discriminator(n, 3, 16)])
+@pytest.mark.parametrize("build", [lambda n: dcgan_discriminator(n, 3, 8), lambda n: resnet_discriminator(n, 3, 4, 16),
+                                   lambda n: mlp_discriminator(n, 3, 16)])
 def test_discriminator_heads_and_gradient_penalty(build):
     d = build(4)
     x = torch.randn(5, 3, 32, 32)
@@ -140,7 +152,8 @@ def test_discriminator_heads_and_gradient_penalty(build):
     torch.testing.assert_close(gp, (v.norm() - 1) ** 2)
 
 
-@pytest.mark.parametrize("build", [lambda n: dcgan_discriminator(n, 1, 8), lambda n: mlp_discriminator(n, 1, 16)])
+@pytest.mark.parametrize("build", [lambda n: dcgan_discriminator(n, 1, 8), lambda n: resnet_discriminator(n, 1, 4, 16),
+                                   lambda n: mlp_discriminator(n, 1, 16)])
 def test_discriminator_scores_each_sample_on_its_own(build):
     """The cause of the DCGAN collapse: a training-mode batch norm made a sample's class logits
     depend on the rest of its batch (one task's classes only), unlike at evaluation. Scores in a
@@ -157,7 +170,7 @@ def test_discriminator_scores_each_sample_on_its_own(build):
         torch.testing.assert_close(logits, torch.cat([c for _, c in alone]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["dcgan", "mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_host_known_classes_give_the_same_images_and_gradients(kind, mask):
     """``classes=`` (the trainer's sync-free path) computes what reading the labels computes."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..errors import DataError
-from ..models import dcgan_discriminator, gradient_penalty, mlp_discriminator
+from ..models import dcgan_discriminator, gradient_penalty, mlp_discriminator, resnet_discriminator
 from ..reporting import Reporter
 from .selection import BestEpoch, validation_sets
 
@@ -201,6 +201,8 @@ def build_discriminator(config, num_classes: int, channels: int):
     method's classifier is this network."""
     if config.arch == "dcgan":
         return dcgan_discriminator(num_classes, channels, config.ndf)
+    if config.arch == "resnet":
+        return resnet_discriminator(num_classes, channels, config.ndf)
     return mlp_discriminator(num_classes, channels, config.hidden, config.image_size)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from .. import distributed
 from ..masks import SharpnessSchedule, compensate_logit_grad_, sharpness, sparsity_regularizer
-from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator
+from ..models import DCGANGenerator, Discriminator, MaskedGenerator, MLPGenerator, ResNetGenerator
 from ..optim import FrozenAdam, reserved_masks
 from ..step_graph import CapturedStep, unavailable_reason
 from .base import (
@@ -46,6 +46,8 @@ def build_generator(config, num_classes: int, channels: int, backend: str) -> Ma
     common = {"mask": mask, "s_max": config.resolved_s_max, "backend": backend, "image_size": config.image_size}
     if config.arch == "dcgan":
         return DCGANGenerator(config.nz, num_classes, channels, config.ngf, **common)
+    if config.arch == "resnet":
+        return ResNetGenerator(config.nz, num_classes, channels, config.ngf, **common)
     return MLPGenerator(config.nz, num_classes, channels, config.hidden, **common)
 
 

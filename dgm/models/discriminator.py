@@ -26,13 +26,13 @@ from torch import nn
 class Discriminator(nn.Module):
     """``features`` -> (critic score ``[B]``, class logits ``[B, num_classes]``)."""
 
-    def __init__(self, features: nn.Module, feature_units: int, num_classes: int):
+    def __init__(self, features: nn.Module, feature_units: int, num_classes: int, classifier_bias: bool = True):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.features = features
         self.critic = nn.Linear(feature_units, 1)
-        self.classifier = nn.Linear(feature_units, num_classes)
+        self.classifier = nn.Linear(feature_units, num_classes, bias=classifier_bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x).flatten(1)
@@ -66,6 +66,45 @@ def mlp_discriminator(num_classes: int, channels: int = 1, hidden: int = 256, im
         nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
     )
     return Discriminator(features, hidden, num_classes)
+
+
+class _BasicBlock(nn.Module):
+    """ResNet-18's block: two 3x3 convs, the first of ``stride``; a 1x1 conv shortcut where the
+    shape changes. Per-sample norms where torchvision's has batch norm (module doc)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(1, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(1, out_ch)
+        self.shortcut = nn.Identity() if stride == 1 and in_ch == out_ch else nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.GroupNorm(1, out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(h)) + self.shortcut(x))
+
+
+def resnet_discriminator(num_classes: int, channels: int = 3, ndf: int = 64,
+                         feature_units: int = 2048) -> Discriminator:
+    """The official code's ImageNet discriminator (``netD`` of ``networks/net_DGMw_imnet.py``):
+    torchvision's ResNet-18 layout (7x7/2 conv, 3x3/2 max pool, four stages of two blocks, widths
+    ``ndf * (1, 2, 4, 8)``, global average pool; ``ndf=64`` is ResNet-18) whose last layer maps to
+    ``feature_units``, then a norm, ReLU, the critic and a bias-free classifier. Every norm is a
+    per-sample layer norm where the official code has batch norm (module doc)."""
+    stem = [nn.Conv2d(channels, ndf, 7, 2, 3, bias=False), nn.GroupNorm(1, ndf), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    stages, width = [], ndf
+    for k, stride in enumerate((1, 2, 2, 2)):
+        out = ndf * 2 ** k
+        stages += [_BasicBlock(width, out, stride), _BasicBlock(out, out, 1)]
+        width = out
+    features = nn.Sequential(*stem, *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, feature_units),
+                             nn.GroupNorm(1, feature_units), nn.ReLU())
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return Discriminator(features, feature_units, num_classes, classifier_bias=False)
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator=None) -> torch.Tensor:

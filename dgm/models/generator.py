@@ -9,7 +9,8 @@ in one pass per layer (replay), with the same ops whichever tasks and classes th
 consolidated tasks' norms and every class's head are tables (:class:`ReplayTables`), built at the
 first replay after each consolidation.
 
-Two bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's) and
+Three bodies: :class:`DCGANGenerator` (conv-transpose, 32x32 images: the paper's),
+:class:`ResNetGenerator` (residual blocks, 32x32 images: the official code's ImageNet generator) and
 :class:`MLPGenerator` (masked linear layers: a small, fast configuration).
 """
 
@@ -22,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..expansion import padded, weight_growth
-from ..layers import MaskedConvTranspose2d, MaskedLayer, MaskedLinear, resizing
+from ..expansion import layer_growth, padded, weight_growth
+from ..layers import MaskedConv2d, MaskedConvTranspose2d, MaskedLayer, MaskedLinear, resizing
 from ..ops.reference import stacked_rows
 from .blocks import DCGAN_HEAD, check_latent, dcgan_body, dcgan_norm, label_noise
 
@@ -85,6 +86,17 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
     def _to_body_input(self, z: torch.Tensor) -> torch.Tensor:
         return z
 
+    def _norm_widths(self) -> list[int]:
+        """The current width of each of a task's norms: here one after every shared layer."""
+        return [layer.out_units for layer in self.body]
+
+    def _body(self, x: torch.Tensor, task, norm) -> torch.Tensor:
+        """The shared layers under ``task`` (an id, or per-row ids), ``norm(level, x)`` applying a
+        task's ``level``-th norm: here a chain, each layer followed by its norm and ReLU."""
+        for level, layer in enumerate(self.body):
+            x = self._unit_mask(layer, F.relu(norm(level, layer(x, task))), task)
+        return x
+
     def _to_image(self, y: torch.Tensor) -> torch.Tensor:
         return y.view(y.shape[0], self.channels, self.image_size, self.image_size)
 
@@ -100,7 +112,7 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         for c in classes:
             if not 0 <= c < self.num_classes or str(c) in self.heads:
                 raise ValueError(f"class {c} is outside 0..{self.num_classes - 1} or already has a head")
-        self.norms.append(self._like_body(nn.ModuleList(self._norm(layer.out_units) for layer in self.body)))
+        self.norms.append(self._like_body(nn.ModuleList(self._norm(w) for w in self._norm_widths())))
         for c in classes:
             self.heads[str(c)] = self._like_body(self._make_head(self.body[-1].out_units))
         self._replay = None
@@ -144,9 +156,8 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         images. Without it the labels are read and checked."""
         task = self.task if task is None else task
         self._check(z, labels, task, classes)
-        x = self._to_body_input(z)
-        for layer, norm in zip(self.body, self.norms[task]):
-            x = self._unit_mask(layer, F.relu(norm(layer(x, task))), task)
+        norms = self.norms[task]
+        x = self._body(self._to_body_input(z), task, lambda level, x: norms[level](x))
         if classes is None:
             return self._heads(x, labels)
         return self._class_heads(x, labels, classes)
@@ -174,11 +185,13 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         tables = self._replay_tables()
         torch._assert_async(tables.has_head[labels].all(), "generate: a label's class has no head")
         z = self.noise(labels, generator) if z is None else z
-        x = self._to_body_input(z)
-        for layer, (scale, shift) in zip(self.body, tables.affine):
-            x = layer(x, row_task)
+
+        def norm(level, x):
+            scale, shift = tables.affine[level]
             shape = (x.shape[0], -1) + (1,) * (x.dim() - 2)
-            x = self._unit_mask(layer, F.relu(x * scale[row_task].view(shape) + shift[row_task].view(shape)), row_task)
+            return x * scale[row_task].view(shape) + shift[row_task].view(shape)
+
+        x = self._body(self._to_body_input(z), row_task, norm)
         y = stacked_rows(self._head_op, x, tables.heads, tables.head_biases, labels, self._HEAD_OUT_DIM,
                          self._UNIT_DIM)
         return self._to_image(torch.tanh(y))
@@ -189,17 +202,17 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         return self._replay
 
     def _build_replay_tables(self) -> ReplayTables:
-        """Each consolidated task's norms as per-unit affine maps ``[tasks, width]`` at each layer's
+        """Each consolidated task's norms as per-unit affine maps ``[tasks, width]`` at each norm's
         current width (zero past the task's units), and every class's head at the last layer's
         current width (zero past the units it reads; zero for classes without a head)."""
         affine = []
-        for level, layer in enumerate(self.body):
+        for level, width in enumerate(self._norm_widths()):
             scales, shifts = [], []
             for norms in self.norms[: self.task]:
                 norm = norms[level]
                 scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-                scales.append(padded(scale, (layer.out_units,)))
-                shifts.append(padded(norm.bias - norm.running_mean * scale, (layer.out_units,)))
+                scales.append(padded(scale, (width,)))
+                shifts.append(padded(norm.bias - norm.running_mean * scale, (width,)))
             affine.append((torch.stack(scales), torch.stack(shifts)))
         like = next(iter(self.heads.values()))  # a consolidated task has heads
         shape = list(like.weight.shape)
@@ -260,7 +273,12 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         before = [layer.reserved_count() for layer in self.body]
         for layer in self.body:
             layer.consolidate()
-        new = [layer.reserved_count() - b for layer, b in zip(self.body, before)]
+        growth = self._grow([layer.reserved_count() - b for layer, b in zip(self.body, before)], optimizer)
+        self._replay = None
+        return growth
+
+    def _grow(self, new: list[int], optimizer) -> list[int]:
+        """Grow the shared layers after ``new`` entries per layer were reserved: here a chain."""
         if self.mask == "weight":
             growth = weight_growth(new, [layer.in_units for layer in self.body],
                                    [layer.out_units for layer in self.body],
@@ -274,7 +292,6 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         if self.mask == "activation":
             for prev_layer, layer in zip(self.body[:-1], self.body[1:]):
                 layer.set_input_reserved(prev_layer.reserved_units)
-        self._replay = None
         return growth
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -288,7 +305,8 @@ class MaskedGenerator(nn.Module, metaclass=abc.ABCMeta):
         tasks = {int(k.removeprefix(prefix + "norms.").split(".")[0]) for k in state_dict
                  if k.startswith(prefix + "norms.")}
         for task in range(len(self.norms), max(tasks, default=-1) + 1):
-            widths = [state_dict[f"{prefix}norms.{task}.{level}.weight"].shape[0] for level in range(len(self.body))]
+            widths = [state_dict[f"{prefix}norms.{task}.{level}.weight"].shape[0]
+                      for level in range(len(self._norm_widths()))]
             self.norms.append(self._like_body(nn.ModuleList(self._norm(w) for w in widths)))
         for key, value in state_dict.items():
             if key.startswith(prefix + "heads.") and key.endswith(".weight"):
@@ -318,11 +336,42 @@ def _kernel_area(layer: MaskedLayer) -> int:
     return k[0] * k[1]
 
 
-class DCGANGenerator(MaskedGenerator):
+class _ConvGenerator(MaskedGenerator):
+    """The conv generators' common parts: ``z`` as a 1x1 image, DCGAN norms and initialisation, and
+    a conv head per class, ``_HEAD`` = (module, its functional op, (kernel, stride, padding))."""
+
+    _HEAD: tuple
+
+    def _to_body_input(self, z):
+        return z.view(z.shape[0], self.nz, 1, 1)
+
+    def _norm(self, units):
+        return dcgan_norm(units)
+
+    def _make_head(self, in_units):
+        module, _, geometry = self._HEAD
+        head = module(in_units, self.channels, *geometry, bias=False)
+        dcgan_init_(head.weight)
+        return head
+
+    def _head_in_units(self, head):
+        return head.in_channels
+
+    @classmethod
+    def _head_op(cls, x, weight, bias):
+        _, op, (_, stride, padding) = cls._HEAD
+        return op(x, weight, bias, stride, padding)
+
+    def _head_units_from(self, weight):
+        return weight.shape[self._HEAD_IN_DIM]
+
+
+class DCGANGenerator(_ConvGenerator):
     """The paper's generator for 32x32 images: masked conv-transpose 1x1 -> 4x4 -> 8x8 -> 16x16,
     then a per-class conv-transpose to 32x32. Widths ``4*ngf, 2*ngf, ngf`` at the start."""
 
     _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 0, 1, 1
+    _HEAD = (nn.ConvTranspose2d, F.conv_transpose2d, DCGAN_HEAD)
 
     def __init__(self, nz: int, num_classes: int, channels: int = 1, ngf: int = 6, mask: str = "weight",
                  s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
@@ -334,26 +383,6 @@ class DCGANGenerator(MaskedGenerator):
         self._defer_unit_masks()
         self.initial_units = self.units()
 
-    def _to_body_input(self, z):
-        return z.view(z.shape[0], self.nz, 1, 1)
-
-    def _norm(self, units):
-        return dcgan_norm(units)
-
-    def _make_head(self, in_units):
-        head = nn.ConvTranspose2d(in_units, self.channels, *DCGAN_HEAD, bias=False)
-        dcgan_init_(head.weight)
-        return head
-
-    def _head_in_units(self, head):
-        return head.in_channels
-
-    @staticmethod
-    def _head_op(x, weight, bias):
-        return F.conv_transpose2d(x, weight, bias, *DCGAN_HEAD[1:])
-
-    def _head_units_from(self, weight):
-        return weight.shape[0]
 
 
 class MLPGenerator(MaskedGenerator):
@@ -384,3 +413,101 @@ class MLPGenerator(MaskedGenerator):
 
     def _head_units_from(self, weight):
         return weight.shape[1]
+
+
+class ResNetGenerator(_ConvGenerator):
+    """The official code's ImageNet generator (``netG`` of ``networks/net_DGMw_imnet.py``), 32x32:
+    a masked map from ``z`` to ``ngf`` channels at 4x4, three pre-activation residual blocks that
+    each double the side, an output norm and ReLU, then a per-class 3x3 conv head.
+
+    A block: norm, ReLU, nearest x2 upsample, masked 3x3 conv, norm, ReLU, masked 3x3 conv, plus
+    the shortcut: the upsampled input through a masked 1x1 conv. ``body`` holds the masked layers
+    in order: the first map, then per block ``conv1, shortcut, conv2``. A task's norms: per block
+    the one on its input and the one after ``conv1``, then the output norm.
+
+    Where it differs from the official code (configs/README.md):
+
+    * the map ``z -> 4x4`` is a conv-transpose 1x1 -> 4x4, the same linear map as the official
+      linear layer to ``16 * ngf`` features, so its units are channels and it grows by whole
+      channels (the official one rounds its features up to a multiple of 16);
+    * the shortcut conv is always there; the official code uses the identity while a block's
+      input and output widths are equal (before any growth). Every masked layer then learns and
+      consolidates a mask each task, and no task's block switches between identity and conv;
+    * DGMa (the official code has only DGMw here): each layer's unit mask makes the units it does
+      not use exactly zero, on the block's output (``conv2`` and shortcut summed, under ``conv2``'s
+      mask) and again after each norm and ReLU, as the chain generators do.
+    """
+
+    _HEAD_IN_DIM, _HEAD_OUT_DIM, _UNIT_DIM = 1, 0, 1
+    _HEAD = (nn.Conv2d, F.conv2d, (3, 1, 1))
+    BLOCKS = 3
+
+    def __init__(self, nz: int, num_classes: int, channels: int = 3, ngf: int = 64, mask: str = "weight",
+                 s_max: float = 1e4, backend: str = "auto", image_size: int = 32):
+        if image_size != 4 * 2 ** self.BLOCKS:
+            raise ValueError(f"ResNetGenerator makes {4 * 2 ** self.BLOCKS}x{4 * 2 ** self.BLOCKS} images, "
+                             f"got image_size={image_size}")
+        super().__init__(nz, num_classes, channels, image_size, mask)
+        common = {"bias": False, "mask": mask, "s_max": s_max, "backend": backend, "weight_init": dcgan_init_}
+        layers = [MaskedConvTranspose2d(nz, ngf, 4, **common)]
+        for _ in range(self.BLOCKS):
+            layers += [MaskedConv2d(ngf, ngf, 3, padding=1, **common), MaskedConv2d(ngf, ngf, 1, **common),
+                       MaskedConv2d(ngf, ngf, 3, padding=1, **common)]
+        self.body = nn.ModuleList(layers)
+        self._defer_unit_masks()
+        for shortcut in self._blocks()[1]:
+            shortcut.defer_unit_mask = False  # its output is summed, not normed: masked where it is made
+        self.initial_units = self.units()
+
+    def _blocks(self):
+        """``(conv1s, shortcuts, conv2s)`` of the blocks, in order."""
+        return self.body[1::3], self.body[2::3], self.body[3::3]
+
+    def _norm_widths(self):
+        widths, feeding = [], self.body[0]
+        for conv1, _, conv2 in zip(*self._blocks()):
+            widths += [feeding.out_units, conv1.out_units]
+            feeding = conv2
+        return widths + [feeding.out_units]
+
+    def _body(self, x, task, norm):
+        x, feeding = self._unit_mask(self.body[0], self.body[0](x, task), task), self.body[0]
+        level = 0
+        for conv1, shortcut, conv2 in zip(*self._blocks()):
+            h = _upsample(self._unit_mask(feeding, F.relu(norm(level, x)), task))
+            h = self._unit_mask(conv1, F.relu(norm(level + 1, conv1(h, task))), task)
+            x = self._unit_mask(conv2, conv2(h, task) + shortcut(_upsample(x), task), task)
+            feeding, level = conv2, level + 2
+        return self._unit_mask(feeding, F.relu(norm(level, x)), task)
+
+    def _grow(self, new, optimizer):
+        """Growth block by block: ``conv1`` by its own rule; ``conv2`` and the shortcut, whose outputs
+        are summed, both by the larger of their two rules (the official code widens both alike)."""
+        weight = self.mask == "weight"
+        first = self.body[0]
+        d_in = layer_growth(new[0], first.in_units, first.out_units, _kernel_area(first), 0) if weight else new[0]
+        first.expand(out_extra=d_in, optimizer=optimizer)
+        growth, feeding = [d_in], first
+        for b, (conv1, shortcut, conv2) in enumerate(zip(*self._blocks())):
+            n1, ns, n2 = new[1 + 3 * b: 4 + 3 * b]
+            if weight:
+                d1 = layer_growth(n1, conv1.in_units, conv1.out_units, _kernel_area(conv1), d_in)
+                d_out = max(layer_growth(ns, shortcut.in_units, shortcut.out_units, _kernel_area(shortcut), d_in),
+                            layer_growth(n2, conv2.in_units, conv2.out_units, _kernel_area(conv2), d1))
+            else:
+                d1, d_out = n1, max(ns, n2)
+            conv1.expand(out_extra=d1, in_extra=d_in, optimizer=optimizer)
+            shortcut.expand(out_extra=d_out, in_extra=d_in, optimizer=optimizer)
+            conv2.expand(out_extra=d_out, in_extra=d1, optimizer=optimizer)
+            if not weight:
+                conv1.set_input_reserved(feeding.reserved_units)
+                shortcut.set_input_reserved(feeding.reserved_units)
+                conv2.set_input_reserved(conv1.reserved_units)
+            growth += [d1, d_out, d_out]
+            d_in, feeding = d_out, conv2
+        return growth
+
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
