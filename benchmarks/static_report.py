@@ -65,33 +65,34 @@ def _kernel_modules():
 
 
 def autotuned_kernels() -> dict[str, tuple[object, str]]:
-    """Every autotuned kernel of the package: ``name -> (module, attribute)``."""
+    """Every autotuned kernel of the package: ``attribute -> (module, attribute)`` (by attribute: one
+    JIT function may be autotuned twice, over two config lists, as the fp32 ieee linear is)."""
     from triton.runtime.autotuner import Autotuner
 
     found = {}
     for mod in _kernel_modules():
         for attr, value in vars(mod).items():
             if isinstance(value, Autotuner):
-                found[value.fn.__name__] = (mod, attr)
+                found[attr] = (mod, attr)
     return found
 
 
 class _Recorder:
     """Stands in for an autotuned kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
 
-    def __init__(self, tuner, sink):
-        self.tuner, self.sink = tuner, sink
+    def __init__(self, name, tuner, sink):
+        self.name, self.tuner, self.sink = name, tuner, sink
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.sink.append((self.tuner, args, kwargs))
+        return lambda *args, **kwargs: self.sink.append((self.name, self.tuner, args, kwargs))
 
 
-def record(launcher, *args, **kwargs) -> list[tuple[object, tuple, dict]]:
+def record(launcher, *args, **kwargs) -> list[tuple[str, object, tuple, dict]]:
     """The kernel calls ``launcher(*args, **kwargs)`` makes, without launching anything."""
     calls = []
     with contextlib.ExitStack() as stack:
         for mod, attr in autotuned_kernels().values():
-            stack.enter_context(mock.patch.object(mod, attr, _Recorder(getattr(mod, attr), calls)))
+            stack.enter_context(mock.patch.object(mod, attr, _Recorder(attr, getattr(mod, attr), calls)))
         launcher(*args, **kwargs)
     return calls
 
@@ -134,14 +135,15 @@ def _linear_cases(dtype, M, N, K):
     soft = dict(logits=lg, s=s)
     replay = dict(bits=bits, perm=perm)
     shape = f"M={M} N={N} K={K}"
-    yield "fwd soft+bias", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, bias=b, bias_logits=blg, **soft)
-    yield "fwd bits+bias", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, bits=bits[0], bias=b,
-                                                              bias_bits=bbits[0])
+    # One task's mask (soft or bits) is applied once, by the masked-weight pass: the forward and the
+    # input gradient read W * m unmasked, the bias masked in the epilogue.
+    yield "fwd w_eff+soft bias", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, bias=b, bias_logits=blg, s=s)
+    yield "fwd w_eff+bits bias", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, bias=b, bias_bits=bbits[0])
     yield "fwd replay", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, sorted_task=task, bias=b,
                                                            bias_bits=bbits, **replay)
     yield "fwd unit-scale", shape, lk.masked_mm, (x, w), dict(w_rows_are_n=True, bias=b, scale=e(M, N),
                                                                write_pre=True)
-    yield "dgrad soft", shape, lk.masked_mm, (g, w), dict(w_rows_are_n=False, **soft)
+    yield "dgrad w_eff", shape, lk.masked_mm, (g, w), dict(w_rows_are_n=False)
     yield "dgrad replay", shape, lk.masked_mm, (g, w), dict(w_rows_are_n=False, sorted_task=task, **replay)
     yield "wgrad soft+frozen", shape, lk.masked_wgrad, (g, x, w), dict(frozen_bits=fbits, write_logits=True,
                                                                         **soft)
@@ -213,17 +215,17 @@ SHAPES = {
 
 def launches(quick: bool) -> list[Launch]:
     """Every kernel call of the report. ``quick``: the first variant of each kernel at the first
-    shape in fp16 (every kernel still appears with every config)."""
-    dtypes = DTYPES[:1] if quick else DTYPES
+    shape in the first dtype that launches it (fp16, or fp32 ieee for the kernels of that path), so
+    every kernel still appears with every config."""
     found = []
-    for dtype in dtypes:
+    for dtype in DTYPES:
         with _precision(dtype):
             gens = [_linear_cases(dtype, **sh) for sh in SHAPES["linear"][:1 if quick else None]]
             gens += [_conv_cases(dtype, **sh, transposed=t) for sh in SHAPES["conv"][:1 if quick else None]
                      for t in (True, False)]
             for variant, shape, launcher, args, kwargs in itertools.chain(*gens):
-                for tuner, a, kw in record(launcher, *args, **kwargs):
-                    found.append(Launch(tuner.fn.__name__, variant, dtype, shape, tuner, a, kw))
+                for name, tuner, a, kw in record(launcher, *args, **kwargs):
+                    found.append(Launch(name, variant, dtype, shape, tuner, a, kw))
     if quick:
         seen, first = set(), []
         for launch in found:

@@ -18,14 +18,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def gemm_configs(m: str, n: str, k: str, group: str) -> list[triton.Config]:
-    """A handful of tile shapes on a GPU; one under the interpreter (no benchmarking there)."""
+def gemm_configs(m: str, n: str, k: str, group: str, exclude=()) -> list[triton.Config]:
+    """A handful of tile shapes on a GPU, less the ``exclude``d ``(m, n, k, stages, warps)`` (tiles
+    a kernel spills in: ``benchmarks/static_report.py``); one under the interpreter (no
+    benchmarking there)."""
     if interpreting():
         return [triton.Config({m: 64, n: 64, k: 64, group: 8}, num_warps=4, num_stages=1)]
     shapes = [(128, 128, 32, 4, 8), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 3, 4),
               (128, 128, 64, 3, 8), (32, 64, 64, 4, 4), (64, 32, 64, 4, 2)]
     return [triton.Config({m: bm, n: bn, k: bk, group: 8}, num_stages=st, num_warps=w)
-            for bm, bn, bk, st, w in shapes]
+            for bm, bn, bk, st, w in shapes if (bm, bn, bk, st, w) not in exclude]
 
 
 def autotune_options(m: str, n: str, k: str, operands: tuple[str, ...], k_loop_mask: str | None = None) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import triton
 
-from dgm.kernels import conv_kernels, launch
+from dgm.kernels import conv_kernels, launch, linear_kernels
 
 TILE = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 
@@ -35,9 +35,11 @@ def test_pruning_keeps_the_configs_that_fit():
     assert launch.prune_to_shared_memory(configs, nargs, **kw) == configs
 
 
-@pytest.mark.parametrize("kernel", [conv_kernels._conv_kernel, conv_kernels._conv_wgrad_kernel],
-                         ids=["conv", "conv_wgrad"])
-def test_conv_autotune_key_holds_every_scalar_and_flag(kernel):
+@pytest.mark.parametrize("kernel", [conv_kernels._conv_kernel, conv_kernels._conv_wgrad_kernel,
+                                    linear_kernels._masked_mm_kernel, linear_kernels._masked_wgrad_kernel,
+                                    linear_kernels._masked_mm_ieee, linear_kernels._masked_wgrad_ieee],
+                         ids=["conv", "conv_wgrad", "linear", "linear_wgrad", "linear_ieee", "linear_wgrad_ieee"])
+def test_autotune_key_holds_every_scalar_and_flag(kernel):
     """Every runtime size and geometry, and every compile-time flag but the tile, is in the key
     (strides only address memory; the tensors' dtypes are keyed by Triton itself)."""
     params = inspect.signature(kernel.fn.fn).parameters
