@@ -120,14 +120,13 @@ def _masked_mm_kernel(
 
 # fp32 without TF32 ("ieee") dots run on the FMA units with both operands in registers, where the
 # shared GEMM tiles spill (static compile, Triton 3.8: the forward with bias on the masked weight
-# 52-6448 B per thread in every tile on sm_80, 12-76 B in two on sm_90; the weight gradient with the
-# soft-mask epilogue 80-268 B on sm_90). K-steps of 16 (32 on the smallest tile); of these tiles the
-# static report (fwd with the bias mask on W * m) finds 128x64x16 spilling 112 B on sm_90 and
-# 64x64x16 8 B on sm_80 in the forward, and the weight gradient spilling in the larger ones, so each
-# kernel ships those of its tiles that spill on neither target.
+# 52-6448 B per thread in every tile on sm_80, 12-76 B in two on sm_90). Their own tiles take K-steps
+# of 16 (32 on the smallest); each kernel ships those that spill on neither target in the static
+# report (the forward also spilled in 128x64x16 and 64x64x16, the weight gradient in the larger ones).
 # Not yet replay: the forward with per-row bits in the k-loop still spills 496-8068 B in fp32 ieee.
 _IEEE_MM_SHAPES = [(128, 128, 16, 3, 8), (64, 128, 16, 3, 4), (32, 64, 32, 3, 4)]
 _IEEE_WGRAD_SHAPES = [(64, 64, 16, 3, 4), (32, 64, 32, 3, 4)]
+
 
 def _ieee_variant(kernel, names: tuple[str, str, str, str], shapes: list[tuple[int, ...]], options: dict):
     """The autotuned ``kernel``'s JIT function, same keys and ``options``, over the ieee ``shapes``
